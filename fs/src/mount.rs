@@ -1,0 +1,266 @@
+//! Mounting: validating the inputs, starting the FUSE session on
+//! background threads, and unmounting cleanly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::fs::DriftFs;
+use crate::journal::{Change, Journal, JournalError, Op, SyncMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("backing directory {0}: does not exist")]
+    BackingMissing(PathBuf),
+    #[error("backing directory {0}: not a directory")]
+    BackingNotDir(PathBuf),
+    #[error("mountpoint {0}: does not exist")]
+    MountpointMissing(PathBuf),
+    #[error("mountpoint {0}: not a directory")]
+    MountpointNotDir(PathBuf),
+    #[error("mountpoint {0}: busy (something is already mounted there)")]
+    MountpointBusy(PathBuf),
+    #[error("{what} {inner} lies inside {outer_what} {outer}; they must be apart")]
+    Nested { what: &'static str, inner: PathBuf, outer_what: &'static str, outer: PathBuf },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("mounting {path}: {source}")]
+    Mount { path: PathBuf, #[source] source: std::io::Error },
+    #[error("unmounting {path}: {source}")]
+    Unmount { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+}
+
+/// What to mount where. Build with [`MountConfig::new`] and adjust.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    pub journal: PathBuf,
+    pub sync: SyncMode,
+    /// Use the kernel's FUSE passthrough when it is available (reads and
+    /// writes then bypass the daemon). Falls back silently when not.
+    pub passthrough: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Let users other than the mounting one use the mount.
+    pub allow_other: bool,
+}
+
+impl MountConfig {
+    pub fn new(backing: impl Into<PathBuf>, mountpoint: impl Into<PathBuf>, journal: impl Into<PathBuf>) -> Self {
+        MountConfig {
+            backing: backing.into(),
+            mountpoint: mountpoint.into(),
+            journal: journal.into(),
+            sync: SyncMode::Normal,
+            passthrough: true,
+            threads: 4,
+            allow_other: true,
+        }
+    }
+}
+
+/// A live mount, served by background threads. Dropping it unmounts.
+pub struct Mount {
+    session: Option<fuser::BackgroundSession>,
+    journal: Arc<Journal>,
+    mountpoint: PathBuf,
+}
+
+fn canonical_dir(
+    p: &Path,
+    missing: fn(PathBuf) -> FsError,
+    not_dir: fn(PathBuf) -> FsError,
+) -> Result<PathBuf, FsError> {
+    let md = std::fs::metadata(p).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => missing(p.to_owned()),
+        _ => FsError::Io { path: p.to_owned(), source: e },
+    })?;
+    if !md.is_dir() {
+        return Err(not_dir(p.to_owned()));
+    }
+    std::fs::canonicalize(p).map_err(|e| FsError::Io { path: p.to_owned(), source: e })
+}
+
+/// Is `p` (canonical) a mount point right now?
+pub fn is_mountpoint(p: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    info.lines().any(|l| {
+        l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(p.as_os_str().as_encoded_bytes())
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A new journal over a backing directory that already holds files
+/// starts with entries that create them, so that replaying the journal
+/// always reproduces the whole tree, not just what changed after mounting.
+fn record_baseline(journal: &Journal, backing: &Path) -> Result<(), FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| FsError::Io { path, source }
+    };
+    let walked = crate::digest::walk(backing).map_err(io(backing))?;
+    if walked.is_empty() {
+        return Ok(());
+    }
+    let mut files = 0u64;
+    for w in walked {
+        let mode = Some(w.meta.mode() & 0o7777);
+        let change = if w.meta.is_dir() {
+            Change { mode, ..Change::new(Op::Mkdir, w.rel) }
+        } else if w.meta.is_file() {
+            let (h, n) = crate::hash::hash_path(&w.full).map_err(io(&w.full))?;
+            files += 1;
+            Change { size: Some(n), blake3: Some(h.to_hex().to_string()), mode, ..Change::new(Op::Write, w.rel) }
+        } else {
+            warn!(path = %w.rel, "not a file or directory; left out of the journal baseline");
+            continue;
+        };
+        journal.append(change)?;
+    }
+    info!(files, entries = journal.last_seq(), "new journal over a non-empty directory: recorded the existing tree as its baseline");
+    Ok(())
+}
+
+impl Mount {
+    /// Validates the configuration, opens (or creates) the journal and
+    /// mounts. Returns once the kernel has the mount.
+    pub fn spawn(cfg: MountConfig) -> Result<Mount, FsError> {
+        let backing = canonical_dir(&cfg.backing, FsError::BackingMissing, FsError::BackingNotDir)?;
+        let mountpoint = canonical_dir(&cfg.mountpoint, FsError::MountpointMissing, FsError::MountpointNotDir)?;
+        if is_mountpoint(&mountpoint) {
+            return Err(FsError::MountpointBusy(mountpoint));
+        }
+        if mountpoint.starts_with(&backing) {
+            return Err(FsError::Nested { what: "mountpoint", inner: mountpoint, outer_what: "backing directory", outer: backing });
+        }
+        if backing.starts_with(&mountpoint) {
+            return Err(FsError::Nested { what: "backing directory", inner: backing, outer_what: "mountpoint", outer: mountpoint });
+        }
+        // The journal must live outside both trees: inside the mount it
+        // would journal itself, inside the backing dir clients could see it.
+        let journal_dir = cfg
+            .journal
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| std::fs::canonicalize(p).map_err(|e| FsError::Io { path: p.to_owned(), source: e }))
+            .transpose()?
+            .unwrap_or(std::env::current_dir().map_err(|e| FsError::Io { path: ".".into(), source: e })?);
+        for (outer_what, outer) in [("mountpoint", &mountpoint), ("backing directory", &backing)] {
+            if journal_dir.starts_with(outer) {
+                return Err(FsError::Nested { what: "journal", inner: cfg.journal.clone(), outer_what, outer: outer.clone() });
+            }
+        }
+        let fresh = !cfg.journal.exists();
+        let journal = Arc::new(Journal::create(&cfg.journal, cfg.sync)?);
+        if fresh {
+            record_baseline(&journal, &backing)?;
+        }
+
+        let fs = DriftFs::new(backing.clone(), journal.clone(), cfg.sync, cfg.passthrough);
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            fuser::MountOption::FSName(format!("drift:{}", backing.display())),
+            fuser::MountOption::Subtype("drift".into()),
+            fuser::MountOption::NoDev,
+            fuser::MountOption::NoSuid,
+        ];
+        if cfg.allow_other {
+            config.acl = fuser::SessionACL::All;
+        }
+        config.n_threads = Some(cfg.threads.max(1));
+        config.clone_fd = true;
+        let session = fuser::spawn_mount(fs, &mountpoint, &config)
+            .map_err(|source| FsError::Mount { path: mountpoint.clone(), source })?;
+        info!(backing = %backing.display(), mountpoint = %mountpoint.display(), journal = %cfg.journal.display(), "mounted");
+        Ok(Mount { session: Some(session), journal, mountpoint })
+    }
+
+    pub fn journal(&self) -> Arc<Journal> {
+        self.journal.clone()
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// False once the session has ended (e.g. an external `umount`).
+    pub fn is_alive(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| !s.guard.is_finished())
+    }
+
+    /// Unmounts and waits for the session threads. A busy mount (a shell
+    /// sitting in it) is detached lazily rather than left behind.
+    pub fn unmount(mut self) -> Result<(), FsError> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<(), FsError> {
+        let Some(session) = self.session.take() else { return Ok(()) };
+        if session.guard.is_finished() {
+            let _ = session.join();
+            return Ok(());
+        }
+        let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes()).map_err(|_| FsError::Unmount {
+            path: self.mountpoint.clone(),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        })?;
+        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EBUSY) {
+                warn!(mountpoint = %self.mountpoint.display(), "mount is busy; detaching it lazily");
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    return Err(FsError::Unmount { path: self.mountpoint.clone(), source: std::io::Error::last_os_error() });
+                }
+            } else if err.raw_os_error() != Some(libc::EINVAL) {
+                // EINVAL: already unmounted by someone else.
+                return Err(FsError::Unmount { path: self.mountpoint.clone(), source: err });
+            }
+        }
+        // The session ends once the kernel closes the connection; a lazily
+        // detached mount with open files may linger, so bound the wait.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !session.guard.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if session.guard.is_finished() {
+            if let Err(e) = session.join() {
+                warn!("filesystem session ended with an error: {e}");
+            }
+        } else {
+            warn!("filesystem session still busy after unmount; leaving it to process exit");
+            std::mem::forget(session);
+        }
+        info!(mountpoint = %self.mountpoint.display(), "unmounted");
+        Ok(())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            warn!("{e}");
+        }
+    }
+}

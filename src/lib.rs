@@ -1,0 +1,15 @@
+//! drift keeps an FTP service alive while it moves between machines.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap), one module per command family; the
+//!   binary in `main.rs` only calls [`cli::run`].
+//! - [`node`]: the service node: an FTP server on a journaled mount, with
+//!   its initial state (users, service configuration).
+//! - [`xfer`]: the private transfer protocol (frames, files, queue) used to
+//!   move state between nodes and the guide point.
+//! - The journaling FUSE filesystem, the journal, tree digests, blob store
+//!   and replay live in the `drift-fs` crate (`fs/`).
+
+pub mod cli;
+pub mod node;
+pub mod xfer;
