@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, #[source] source: io::Error },
     #[error("{0:?} is not a BLAKE3 hash (64 hex digits)")]
     BadHash(String),

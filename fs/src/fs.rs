@@ -362,7 +362,13 @@ impl DriftFs {
                 Ok(())
             }
             Err(err) => {
-                error!("journal append failed, refusing further changes: {err}");
+                let mut msg = err.to_string();
+                let mut cause = std::error::Error::source(&err);
+                while let Some(c) = cause {
+                    msg = format!("{msg}: {c}");
+                    cause = c.source();
+                }
+                error!("journal append failed, refusing further changes: {msg}");
                 self.broken.store(true, Ordering::Relaxed);
                 Err(Errno::EIO)
             }
@@ -1004,6 +1010,34 @@ impl Filesystem for DriftFs {
             Ok((attr, fh, None)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
+    }
+
+    // Extended attributes are not supported. ENOSYS (rather than
+    // ENOTSUP) lets the kernel remember that and stop asking, which
+    // matters because it checks `security.capability` on every write.
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn fallocate(

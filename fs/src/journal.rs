@@ -28,7 +28,7 @@ const VERSION: i64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal {path}: {source}")]
+    #[error("journal {path}")]
     Sqlite {
         path: PathBuf,
         #[source]

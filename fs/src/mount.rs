@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -26,11 +25,11 @@ pub enum FsError {
     Nested { what: &'static str, inner: PathBuf, outer_what: &'static str, outer: PathBuf },
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("mounting {path}: {source}")]
+    #[error("mounting {path}")]
     Mount { path: PathBuf, #[source] source: std::io::Error },
-    #[error("unmounting {path}: {source}")]
+    #[error("unmounting {path}")]
     Unmount { path: PathBuf, #[source] source: std::io::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, #[source] source: std::io::Error },
 }
 
@@ -185,6 +184,8 @@ impl Mount {
             fuser::MountOption::Subtype("drift".into()),
             fuser::MountOption::NoDev,
             fuser::MountOption::NoSuid,
+            // The kernel checks permission bits, as on any local filesystem.
+            fuser::MountOption::DefaultPermissions,
         ];
         if cfg.allow_other {
             config.acl = fuser::SessionACL::All;
@@ -219,38 +220,24 @@ impl Mount {
     fn unmount_inner(&mut self) -> Result<(), FsError> {
         let Some(session) = self.session.take() else { return Ok(()) };
         if session.guard.is_finished() {
+            // Unmounted from outside; the session has already ended.
             let _ = session.join();
             return Ok(());
         }
-        let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes()).map_err(|_| FsError::Unmount {
-            path: self.mountpoint.clone(),
-            source: std::io::Error::from_raw_os_error(libc::EINVAL),
-        })?;
-        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EBUSY) {
+        match session.umount_and_join() {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+                // Something still sits in the mount (a shell's cwd, an open
+                // file). Detach it so the name is free; the kernel finishes
+                // the unmount when the last user lets go.
                 warn!(mountpoint = %self.mountpoint.display(), "mount is busy; detaching it lazily");
+                let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes())
+                    .map_err(|_| FsError::Unmount { path: self.mountpoint.clone(), source: std::io::Error::from_raw_os_error(libc::EINVAL) })?;
                 if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
                     return Err(FsError::Unmount { path: self.mountpoint.clone(), source: std::io::Error::last_os_error() });
                 }
-            } else if err.raw_os_error() != Some(libc::EINVAL) {
-                // EINVAL: already unmounted by someone else.
-                return Err(FsError::Unmount { path: self.mountpoint.clone(), source: err });
             }
-        }
-        // The session ends once the kernel closes the connection; a lazily
-        // detached mount with open files may linger, so bound the wait.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !session.guard.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if session.guard.is_finished() {
-            if let Err(e) = session.join() {
-                warn!("filesystem session ended with an error: {e}");
-            }
-        } else {
-            warn!("filesystem session still busy after unmount; leaving it to process exit");
-            std::mem::forget(session);
+            Err(err) => return Err(FsError::Unmount { path: self.mountpoint.clone(), source: err }),
         }
         info!(mountpoint = %self.mountpoint.display(), "unmounted");
         Ok(())

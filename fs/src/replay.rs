@@ -23,9 +23,9 @@ pub enum ReplayError {
     Journal(#[from] JournalError),
     #[error("entry {seq} ({op} {path}): {why}")]
     Entry { seq: u64, op: Op, path: String, why: String },
-    #[error("entry {seq} ({op} {path}): {source}")]
+    #[error("entry {seq} ({op} {path})")]
     Blob { seq: u64, op: Op, path: String, #[source] source: BlobError },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, #[source] source: io::Error },
 }
 
@@ -118,7 +118,15 @@ fn apply(e: &Entry, blobs: &BlobStore, dest: &Path) -> Result<(), ReplayError> {
             if let Some(p) = to.parent() {
                 std::fs::create_dir_all(p).map_err(|err| io("mkdir parent", err))?;
             }
-            std::fs::rename(&target, &to).map_err(|err| io("rename", err))?;
+            match std::fs::rename(&target, &to) {
+                Ok(()) => {}
+                // A second replay re-creates a directory that was later
+                // renamed onto one that already holds its content: merge.
+                Err(err) if err.raw_os_error() == Some(libc::ENOTEMPTY) || err.raw_os_error() == Some(libc::EEXIST) => {
+                    merge_dir(&target, &to).map_err(|err| io("rename (merge)", err))?
+                }
+                Err(err) => return Err(io("rename", err)),
+            }
         }
         Op::Write => {
             let hash = e.blake3.as_deref().ok_or_else(|| bad("write without blake3".into()))?;
@@ -151,6 +159,22 @@ fn apply(e: &Entry, blobs: &BlobStore, dest: &Path) -> Result<(), ReplayError> {
         }
     }
     Ok(())
+}
+
+/// Moves everything in `src` into the existing directory `dst`, replacing
+/// what is there, then removes `src`.
+fn merge_dir(src: &Path, dst: &Path) -> io::Result<()> {
+    for ent in std::fs::read_dir(src)? {
+        let ent = ent?;
+        let (from, to) = (ent.path(), dst.join(ent.file_name()));
+        let both_dirs = ent.file_type()?.is_dir() && std::fs::symlink_metadata(&to).map(|m| m.is_dir()).unwrap_or(false);
+        if both_dirs {
+            merge_dir(&from, &to)?;
+        } else {
+            std::fs::rename(&from, &to)?;
+        }
+    }
+    std::fs::remove_dir(src)
 }
 
 fn set_mode(p: &Path, mode: u32) -> io::Result<()> {

@@ -106,6 +106,6 @@ fn sort_key(d: &Divergence) -> &str {
 pub enum VerifyError {
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: std::path::PathBuf, #[source] source: std::io::Error },
 }

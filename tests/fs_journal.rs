@@ -1,0 +1,367 @@
+//! End-to-end tests of `drift mount` and the journal: a real FUSE mount
+//! driven by real tools, the journal read back through the real CLI.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn sh(script: &str, cwd: &Path) {
+    let st = Command::new("sh").arg("-c").arg(format!("umask 022; {script}")).current_dir(cwd).status().unwrap();
+    assert!(st.success(), "`{script}` failed: {st}");
+}
+
+fn python(script: &str, cwd: &Path) -> String {
+    let out = Command::new("python3").arg("-c").arg(script).current_dir(cwd).output().unwrap();
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits (bounded) until the journal holds at least `n` entries: the
+/// kernel releases closed files asynchronously.
+fn entries_at_least(s: &Scratch, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        got = s.entries();
+        got.len() >= n
+    });
+    got
+}
+
+/// A compact, comparable form of an entry: op, path, and the fields that
+/// apply to it.
+fn shape(e: &Value) -> String {
+    let mut s = format!("{} {}", e["op"].as_str().unwrap(), e["path"].as_str().unwrap());
+    if let Some(to) = e.get("to") {
+        s += &format!(" -> {}", to.as_str().unwrap());
+    }
+    if e["op"] == "write" {
+        s += &format!(" size={} blake3={}", e["size"], e["blake3"].as_str().unwrap());
+    }
+    if let Some(m) = e.get("mode") {
+        s += &format!(" mode={:o}", m.as_u64().unwrap());
+    }
+    s
+}
+
+#[test]
+fn real_tools_leave_exactly_one_entry_per_completed_change() {
+    let s = Scratch::new();
+    let _m = s.mount();
+    let m = &s.mnt;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    std::fs::write(s.path("src.bin"), &data).unwrap();
+
+    sh("mkdir -m 750 docs", m);
+    sh(&format!("cp {} docs/a.bin", s.path("src.bin").display()), m);
+    sh("mv docs/a.bin docs/b.bin", m);
+    sh("truncate -s 1000 docs/b.bin", m);
+    sh("chmod 600 docs/b.bin", m);
+    python("open('docs/p.txt','w').write('hello\\n'*10)", m);
+    python("f=open('docs/p.txt','r+'); f.seek(2); f.write('XY'); f.close()", m);
+    // Reads and failed operations leave nothing.
+    assert_eq!(python("print(open('docs/p.txt').read()[:4])", m).trim(), "heXY");
+    sh("cat docs/b.bin > /dev/null; ls -la docs > /dev/null", m);
+    assert!(!Command::new("rmdir").arg(m.join("docs")).status().unwrap().success());
+    assert!(!Command::new("rm").arg(m.join("docs/none")).status().unwrap().success());
+    sh("rm docs/p.txt", m);
+    sh("mkdir sub && rmdir sub", m);
+    python("open('docs/c.txt','w').write('c')", m);
+    sh("mv docs/b.bin docs/c.txt", m); // over an existing file
+    python("import os; os.truncate('docs/c.txt', 10)", m); // path truncate, no open file
+
+    let mut p = b"hello\n".repeat(10);
+    p[2..4].copy_from_slice(b"XY");
+    let expected = vec![
+        "mkdir /docs mode=750".to_string(),
+        format!("write /docs/a.bin size=100000 blake3={} mode=644", blake3_hex(&data)),
+        "rename /docs/a.bin -> /docs/b.bin".into(),
+        format!("write /docs/b.bin size=1000 blake3={} mode=644", blake3_hex(&data[..1000])),
+        "attr /docs/b.bin mode=600".into(),
+        format!("write /docs/p.txt size=60 blake3={} mode=644", blake3_hex(&b"hello\n".repeat(10))),
+        format!("write /docs/p.txt size=60 blake3={} mode=644", blake3_hex(&p)),
+        "unlink /docs/p.txt".into(),
+        "mkdir /sub mode=755".into(),
+        "rmdir /sub".into(),
+        format!("write /docs/c.txt size=1 blake3={} mode=644", blake3_hex(b"c")),
+        "rename /docs/b.bin -> /docs/c.txt".into(),
+        format!("write /docs/c.txt size=10 blake3={} mode=600", blake3_hex(&data[..10])),
+    ];
+    let got = entries_at_least(&s, expected.len());
+    // Give a stray late entry the chance to show up before comparing.
+    std::thread::sleep(Duration::from_millis(200));
+    let got: Vec<String> = s.entries().iter().map(shape).collect();
+    assert_eq!(got, expected);
+    for (i, e) in s.entries().iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1);
+        let t = e["time"].as_str().unwrap();
+        assert!(t.len() >= 20 && t.ends_with('Z'), "RFC 3339 time, got {t}");
+    }
+    assert_eq!(std::fs::read(s.backing.join("docs/c.txt")).unwrap(), &data[..10]);
+}
+
+#[test]
+fn eight_writers_times_500_files_seq_is_gap_free_and_hashes_match() {
+    let s = Scratch::new();
+    let _m = s.mount();
+    const WRITERS: usize = 8;
+    const FILES: usize = 500;
+    std::thread::scope(|sc| {
+        for w in 0..WRITERS {
+            let dir = s.mnt.join(format!("w{w}"));
+            sc.spawn(move || {
+                std::fs::create_dir(&dir).unwrap();
+                for i in 0..FILES {
+                    let body = format!("writer {w} file {i} ").repeat(i % 37 + 1);
+                    std::fs::write(dir.join(format!("f{i}")), body).unwrap();
+                    if i % 50 == 0 {
+                        // Rewrite: the journal's last word must be the final content.
+                        std::fs::write(dir.join(format!("f{i}")), format!("rewritten {w} {i}")).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let expected = WRITERS + WRITERS * FILES + WRITERS * (FILES / 50);
+    let got = entries_at_least(&s, expected);
+    assert_eq!(got.len(), expected);
+    let mut last = std::collections::HashMap::new();
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1, "seq must have no gaps");
+        if e["op"] == "write" {
+            last.insert(e["path"].as_str().unwrap().to_owned(), e["blake3"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(last.len(), WRITERS * FILES);
+    for (path, hash) in &last {
+        let content = std::fs::read(s.backing.join(&path[1..])).unwrap();
+        assert_eq!(&blake3_hex(&content), hash, "{path}");
+    }
+}
+
+#[test]
+fn kill_9_leaves_a_journal_that_opens_and_keeps_every_returned_operation() {
+    let s = Scratch::new();
+    let mut m = s.mount();
+    // The writer prints a directory's name once mkdir has returned: from
+    // then on its entry must be in the journal.
+    let mut writer = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, sys, time\n\
+             t = time.time()\n\
+             for i in range(100000):\n\
+             \x20   if time.time() - t > 20: break\n\
+             \x20   try:\n\
+             \x20       os.mkdir(f'd{i}')\n\
+             \x20       print(f'/d{i}', flush=True)\n\
+             \x20       with open(f'd{i}/f', 'wb') as f: f.write(os.urandom(1000 + i))\n\
+             \x20   except OSError: break\n",
+        )
+        .current_dir(&s.mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = s.journal.clone();
+    assert!(wait_until(Duration::from_secs(30), || entries(&journal, 0).len() > 100), "writer makes progress");
+    let st = m.stop_with(libc::SIGKILL);
+    assert!(!st.success());
+    let out = writer.wait_with_output().unwrap();
+    force_unmount(&s.mnt);
+    let acked: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert!(acked.len() > 30, "acknowledged: {}", acked.len());
+
+    // The journal opens and every entry is well-formed.
+    let got = s.entries();
+    let mut mkdirs = std::collections::HashSet::new();
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1);
+        let op = e["op"].as_str().unwrap();
+        assert!(["write", "mkdir"].contains(&op), "{e}");
+        assert!(e["path"].as_str().unwrap().starts_with("/d"));
+        if op == "write" {
+            assert!(e["size"].as_u64().unwrap() >= 1000);
+            assert_eq!(e["blake3"].as_str().unwrap().len(), 64);
+        } else {
+            mkdirs.insert(e["path"].as_str().unwrap().to_owned());
+        }
+    }
+    for d in &acked {
+        assert!(mkdirs.contains(d), "{d} was acknowledged but is not in the journal");
+    }
+    ok(&["journal", "stats", "--journal", s.journal.to_str().unwrap()]);
+
+    // verify explains any difference: only the files that were open or
+    // not yet released when the mount died.
+    let v = run(&["journal", "verify", "--journal", s.journal.to_str().unwrap(), "--backing", s.backing.to_str().unwrap(), "--json"]);
+    let code = v.status.code().unwrap();
+    assert!(code == 0 || code == 3, "verify exit {code}: {}", String::from_utf8_lossy(&v.stderr));
+    let divs: Vec<Value> = String::from_utf8(v.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(divs.is_empty(), code == 0);
+    assert!(divs.len() <= 3, "only the last files can differ: {divs:?}");
+    for d in &divs {
+        let kind = d["divergence"].as_str().unwrap();
+        assert!(kind == "not_journaled" || kind == "content_differs", "{d}");
+        // Only the newest directories can differ: the mkdir or file write
+        // in flight when the mount died (its call had not returned).
+        let n: usize = d["path"].as_str().unwrap()[2..].split('/').next().unwrap().parse().unwrap();
+        assert!(n + 2 >= acked.len(), "{d} is older than the last acknowledged /d{}", acked.len() - 1);
+    }
+
+    // Remount on the same journal: seq continues.
+    let n = got.len() as u64;
+    let _m2 = s.mount();
+    std::fs::create_dir(s.mnt.join("after")).unwrap();
+    let e = entries(&s.journal, n);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0]["seq"], n + 1);
+    assert_eq!(e[0]["path"], "/after");
+}
+
+#[test]
+fn pack_then_replay_reproduces_the_tree_and_replay_is_idempotent() {
+    let s = Scratch::new();
+    // A pre-existing file: a new journal records it as its baseline.
+    std::fs::write(s.backing.join("old.txt"), b"there before the mount").unwrap();
+    let m = s.mount();
+    let mnt = &s.mnt;
+    sh("mkdir -p a/b/c && echo one > a/b/c/1 && echo two > a/b/2 && seq 1 100000 > a/big", mnt);
+    // Pack the first phase's content too, so a replay can stop right after it.
+    let phase1 = entries_at_least(&s, 7).len();
+    assert_eq!(phase1, 7, "baseline write, 3 mkdirs, 3 writes");
+    let blobs = s.path("blobs");
+    let (j, backing) = (s.journal.to_str().unwrap(), s.backing.to_str().unwrap());
+    ok(&["journal", "pack", "--journal", j, "--backing", backing, "--blobs", blobs.to_str().unwrap()]);
+    sh("echo again > a/b/2 && mv a/b a/B && rm a/B/c/1 && mkdir e && mv a/big e/big && chmod 640 e/big", mnt);
+    sh("echo x > tmp && mv tmp old.txt && echo y > gone && rm gone && mkdir z && rmdir z", mnt);
+    drop(m);
+    let out = ok(&["journal", "pack", "--journal", j, "--backing", s.backing.to_str().unwrap(), "--blobs", blobs.to_str().unwrap()]);
+    assert!(out.contains("0 changed, 0 missing"), "{out}");
+    ok(&["journal", "verify", "--journal", j, "--backing", s.backing.to_str().unwrap()]);
+
+    let want = digest(&s.backing);
+    let dest = s.path("replayed");
+    ok(&["journal", "replay", "--journal", j, "--blobs", blobs.to_str().unwrap(), "--to", dest.to_str().unwrap()]);
+    assert_eq!(digest(&dest), want);
+    // Again over the finished tree: nothing changes.
+    ok(&["journal", "replay", "--journal", j, "--blobs", blobs.to_str().unwrap(), "--to", dest.to_str().unwrap()]);
+    assert_eq!(digest(&dest), want);
+    // In two halves: the first phase, then the rest.
+    let dest2 = s.path("halves");
+    ok(&["journal", "replay", "--journal", j, "--blobs", blobs.to_str().unwrap(), "--to", dest2.to_str().unwrap(), "--until", &phase1.to_string()]);
+    assert!(dest2.join("a/b/c/1").exists() && !dest2.join("e").exists());
+    ok(&["journal", "replay", "--journal", j, "--blobs", blobs.to_str().unwrap(), "--to", dest2.to_str().unwrap(), "--from", &(phase1 + 1).to_string()]);
+    assert_eq!(digest(&dest2), want);
+    // A replayed tree verifies against the journal too.
+    ok(&["journal", "verify", "--journal", j, "--backing", dest.to_str().unwrap()]);
+
+    // A corrupt blob stops a replay with an error naming the entry.
+    let big = entries(&s.journal, 0).into_iter().rev().find(|e| e["op"] == "write" && e["path"] == "/a/big").unwrap();
+    let h = big["blake3"].as_str().unwrap();
+    let blob = blobs.join(&h[..2]).join(h);
+    std::fs::write(&blob, b"tampered").unwrap();
+    let dest3 = s.path("corrupt");
+    let r = run(&["journal", "replay", "--journal", j, "--blobs", blobs.to_str().unwrap(), "--to", dest3.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(err.contains(&format!("entry {}", big["seq"])) && err.contains("corrupt"), "{err}");
+    assert!(!dest3.join("a/big").exists() && !dest3.join("e/big").exists());
+    std::fs::remove_file(&blob).unwrap();
+    let r = run(&["journal", "replay", "--journal", j, "--blobs", blobs.to_str().unwrap(), "--to", dest3.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains(&format!("entry {}", big["seq"])) && err.contains("missing"), "{err}");
+
+    // verify names a divergence and exits 3.
+    std::fs::write(dest.join("e/big"), b"changed behind the journal's back").unwrap();
+    std::fs::write(dest.join("stray"), b"").unwrap();
+    let v = run(&["journal", "verify", "--journal", j, "--backing", dest.to_str().unwrap()]);
+    assert_eq!(v.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(text.contains("/e/big: content differs") && text.contains("/stray: file not in the journal"), "{text}");
+}
+
+#[test]
+fn links_are_refused_and_existing_symlinks_are_shown() {
+    let s = Scratch::new();
+    std::os::unix::fs::symlink("/etc/hostname", s.backing.join("planted")).unwrap();
+    let _m = s.mount();
+    std::fs::write(s.mnt.join("f"), b"x").unwrap();
+    let e = std::os::unix::fs::symlink("f", s.mnt.join("sym")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    let e = std::fs::hard_link(s.mnt.join("f"), s.mnt.join("hard")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    assert_eq!(std::fs::read_link(s.mnt.join("planted")).unwrap(), Path::new("/etc/hostname"));
+    let got = entries_at_least(&s, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(s.entries().len(), 1, "{got:?}");
+    assert!(!s.backing.join("sym").exists() && !s.backing.join("hard").exists());
+}
+
+#[test]
+fn sigint_and_external_umount_end_the_mount_cleanly() {
+    let s = Scratch::new();
+    let mut m = s.mount();
+    assert_eq!(m.stop_with(libc::SIGINT).code(), Some(0));
+    assert!(!is_mounted(&s.mnt));
+
+    let mut m = s.mount();
+    assert!(Command::new("umount").arg(&s.mnt).status().unwrap().success());
+    let st = m.wait_exit(Duration::from_secs(10)).expect("drift mount exits after umount");
+    assert_eq!(st.code(), Some(0));
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_changes_nothing() {
+    let s = Scratch::new();
+    let b = s.backing.to_str().unwrap();
+    let mnt = s.mnt.to_str().unwrap();
+    let j = s.journal.to_str().unwrap();
+    let fails = |args: &[&str], needle: &str| {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(needle), "{args:?}: expected {needle:?} in {err:?}");
+        assert!(!is_mounted(&s.mnt));
+    };
+    let missing = s.path("nope");
+    fails(&["mount", missing.to_str().unwrap(), mnt, "--journal", j], "does not exist");
+    assert!(!s.journal.exists(), "no journal created for a refused mount");
+    let file = s.path("plain-file");
+    std::fs::write(&file, b"data").unwrap();
+    fails(&["mount", b, file.to_str().unwrap(), "--journal", j], "not a directory");
+    fails(&["mount", file.to_str().unwrap(), mnt, "--journal", j], "not a directory");
+    let notes = s.path("notes.txt");
+    std::fs::write(&notes, b"my notes\n").unwrap();
+    fails(&["mount", b, mnt, "--journal", notes.to_str().unwrap()], "not a drift journal");
+    assert_eq!(std::fs::read(&notes).unwrap(), b"my notes\n");
+    fails(&["mount", b, mnt, "--journal", s.backing.join("j.db").to_str().unwrap()], "inside");
+    fails(&["mount", b, mnt, "--journal", s.path("no-such-dir/j.db").to_str().unwrap()], "no-such-dir");
+    fails(&["mount", b, s.backing.join(".").to_str().unwrap(), "--journal", j], "");
+
+    fails(&["journal", "list", "--journal", notes.to_str().unwrap()], "not a drift journal");
+    fails(&["journal", "list", "--journal", missing.to_str().unwrap()], "does not exist");
+    fails(&["journal", "list", "--journal", s.dir.path().to_str().unwrap()], "");
+
+    {
+        let _m = s.mount();
+        std::fs::create_dir(s.mnt.join("d")).unwrap();
+        // Busy: something is mounted there already.
+        let out = run(&["mount", b, mnt, "--journal", s.path("j2.db").to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("busy"));
+        assert!(!s.path("j2.db").exists());
+        assert!(is_mounted(&s.mnt), "the first mount is untouched");
+    }
+    let out = run(&["journal", "show", "--journal", j, "999"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no entry with seq 999"));
+    let e: Value = serde_json::from_str(&ok(&["journal", "show", "--journal", j, "1"])).unwrap();
+    assert_eq!(e["path"], "/d");
+    // A refused replay destination changes nothing either.
+    let out = run(&["journal", "replay", "--journal", j, "--blobs", missing.to_str().unwrap(), "--to", s.path("r").to_str().unwrap()]);
+    assert!(!out.status.success() && !s.path("r").exists());
+}
