@@ -184,7 +184,6 @@ struct OpenState {
     baseline: Option<(i64, i64)>,
     /// The kernel wants one backing file per inode.
     backing: Weak<BackingId>,
-    backing_file: Option<Arc<File>>,
 }
 
 /// A directory listing taken at opendir, served by offset.
@@ -412,9 +411,14 @@ impl DriftFs {
         file: File,
         write: bool,
         changed: bool,
+        md: Option<&Metadata>,
         pass: Option<Arc<BackingId>>,
     ) -> FsResult<u64> {
-        let baseline = if write { file.metadata().ok().map(|m| ctime(&m)) } else { None };
+        let baseline = match (write, md) {
+            (false, _) => None,
+            (true, Some(md)) => Some(ctime(md)),
+            (true, None) => file.metadata().ok().map(|m| ctime(&m)),
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         {
             let mut open = lock(&self.open);
@@ -438,6 +442,7 @@ impl DriftFs {
         &self,
         ino: u64,
         full: &Path,
+        reuse: Option<&File>,
         register: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> FsResult<Arc<BackingId>> {
         let mut open = lock(&self.open);
@@ -445,10 +450,13 @@ impl DriftFs {
         if let Some(id) = st.backing.upgrade() {
             return Ok(id);
         }
-        let f = open_backing(full, libc::O_RDWR, 0)?;
-        let id = Arc::new(register(&f).map_err(errno)?);
+        // The kernel keeps its own reference to the file it is given, so a
+        // descriptor we already hold (read-write, no append) can serve.
+        let id = match reuse {
+            Some(f) => Arc::new(register(f).map_err(errno)?),
+            None => Arc::new(register(&open_backing(full, libc::O_RDWR, 0)?).map_err(errno)?),
+        };
         st.backing = Arc::downgrade(&id);
-        st.backing_file = Some(Arc::new(f));
         Ok(id)
     }
 
@@ -691,7 +699,7 @@ impl DriftFs {
         let full = self.full(&rel);
         let file = open_backing(&full, own_flags(req_flags) & !(libc::O_CREAT | libc::O_EXCL), 0)?;
         let pass = if self.passthrough() {
-            match self.passthrough_backing(ino, &full, |f| reply.open_backing(f)) {
+            match self.passthrough_backing(ino, &full, None, |f| reply.open_backing(f)) {
                 Ok(id) => Some(id),
                 Err(e) => {
                     debug!("passthrough refused for {}: {e:?}", full.display());
@@ -701,7 +709,7 @@ impl DriftFs {
         } else {
             None
         };
-        let fh = self.add_handle(ino, file, write, trunc, pass.clone())?;
+        let fh = self.add_handle(ino, file, write, trunc, None, pass.clone())?;
         Ok((fh, pass))
     }
 
@@ -718,16 +726,18 @@ impl DriftFs {
         let mut inodes = self.write_inodes();
         let rel = Self::child(&inodes, parent, name)?;
         let full = self.full(&rel);
-        let file = open_backing(&full, own_flags(flags) | libc::O_CREAT, mode & !umask & 0o7777)?;
+        let own = own_flags(flags) | libc::O_CREAT;
+        let file = open_backing(&full, own, mode & !umask & 0o7777)?;
         let md = file.metadata().map_err(errno)?;
         let ino = inodes.remember(&rel);
         drop(inodes);
         let pass = if self.passthrough() {
-            self.passthrough_backing(ino, &full, |f| reply.open_backing(f)).ok()
+            // Our descriptor is read-write and never appends (own_flags).
+            self.passthrough_backing(ino, &full, Some(&file), |f| reply.open_backing(f)).ok()
         } else {
             None
         };
-        let fh = self.add_handle(ino, file, true, true, pass.clone())?;
+        let fh = self.add_handle(ino, file, true, true, Some(&md), pass.clone())?;
         Ok((attr_of(ino, &md), fh, pass))
     }
 
@@ -920,7 +930,9 @@ impl Filesystem for DriftFs {
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
         // Data goes straight to the backing file; nothing is buffered here.
-        reply.ok();
+        // ENOSYS tells the kernel to stop sending FLUSH at all, which saves
+        // a round trip on every close(2).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

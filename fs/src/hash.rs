@@ -19,7 +19,10 @@ const RAYON_MIN: usize = 256 << 10;
 /// which would take the whole mount down.
 pub fn hash_file(file: &File) -> io::Result<(blake3::Hash, u64)> {
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
+    // Small files are the common case: don't fault in a 4 MiB buffer for
+    // each (one byte more than the size, so EOF shows in the same read).
+    let len = file.metadata().map(|m| m.len()).unwrap_or(CHUNK as u64);
+    let mut buf = vec![0u8; (len as usize).saturating_add(1).clamp(4096, CHUNK)];
     let mut off = 0u64;
     loop {
         let n = match file.read_at(&mut buf, off) {

@@ -45,7 +45,9 @@ pub struct MountConfig {
     pub passthrough: bool,
     /// FUSE worker threads.
     pub threads: usize,
-    /// Let users other than the mounting one use the mount.
+    /// Let users other than the mounting one use the mount (the kernel
+    /// then checks permission bits). Off by default: the node's FTP server
+    /// runs as the mounting user and is the mount's only client.
     pub allow_other: bool,
 }
 
@@ -58,7 +60,7 @@ impl MountConfig {
             sync: SyncMode::Normal,
             passthrough: true,
             threads: 4,
-            allow_other: true,
+            allow_other: false,
         }
     }
 }
@@ -184,11 +186,12 @@ impl Mount {
             fuser::MountOption::Subtype("drift".into()),
             fuser::MountOption::NoDev,
             fuser::MountOption::NoSuid,
-            // The kernel checks permission bits, as on any local filesystem.
-            fuser::MountOption::DefaultPermissions,
         ];
         if cfg.allow_other {
+            // Others get in, so the kernel must check permission bits (it
+            // costs a GETATTR of the directory per new name).
             config.acl = fuser::SessionACL::All;
+            config.mount_options.push(fuser::MountOption::DefaultPermissions);
         }
         config.n_threads = Some(cfg.threads.max(1));
         config.clone_fd = true;

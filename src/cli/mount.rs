@@ -39,6 +39,10 @@ pub struct MountArgs {
     /// kernel's FUSE passthrough (used automatically where available).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Let users other than the one running drift use the mount (the
+    /// kernel then enforces permission bits; costs some metadata speed).
+    #[arg(long)]
+    pub allow_other: bool,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
@@ -68,6 +72,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
     cfg.sync = args.sync.into();
     cfg.passthrough = !args.no_passthrough;
     cfg.threads = args.threads.into();
+    cfg.allow_other = args.allow_other;
     let mount = Mount::spawn(cfg).context("cannot mount")?;
     while !stop.load(Ordering::Relaxed) && mount.is_alive() {
         std::thread::sleep(Duration::from_millis(50));

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""drift-fs against its own backing directory, in one run.
+
+Measures, on the same disk, the backing directory directly and the same
+directory through `drift mount`:
+  - sequential write of a 1 GiB file (dd, 1 MiB blocks), until close returns
+    and until the file is durable (conv=fsync);
+  - sequential read of that file, from the page cache and cold (caches dropped);
+  - create-write-close of 10,000 small files (4 KiB) from one process.
+For the mount it also reports how long after close the journal entry for the
+1 GiB file appears (hashing happens at release, after close has returned).
+Prints medians of N runs and the ratio mount/backing as speed (>1 = faster).
+"""
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+def drop_caches():
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+def timed(fn):
+    t = time.perf_counter(); fn(); return time.perf_counter() - t
+
+def write_big(path, size_mib, fsync):
+    extra = ["conv=fsync"] if fsync else []
+    sh("dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={size_mib}", *extra)
+
+def read_big(path):
+    sh("dd", f"if={path}", "of=/dev/null", "bs=1M")
+
+def small_files(d, n, size):
+    os.makedirs(d, exist_ok=True)
+    data = os.urandom(size)
+    t = time.perf_counter()
+    for i in range(n):
+        fd = os.open(f"{d}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+    return time.perf_counter() - t
+
+def wait_journal(drift, journal, path, after, limit=60):
+    t = time.time()
+    while time.time() - t < limit:
+        out = subprocess.run([drift, "journal", "list", "--journal", journal, "--since", str(after), "--json"],
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            e = json.loads(line)
+            if e["op"] == "write" and e["path"] == path:
+                return e["seq"]
+        time.sleep(0.005)
+    raise SystemExit(f"journal entry for {path} never appeared")
+
+def last_seq(drift, journal):
+    out = subprocess.run([drift, "journal", "stats", "--journal", journal, "--json"], capture_output=True, text=True).stdout
+    return json.loads(out).get("last_seq") or 0
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--drift", default="target/release/drift")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir under /var/tmp)")
+    a = ap.parse_args()
+    drift = os.path.abspath(a.drift)
+    root = tempfile.mkdtemp(prefix="drift-bench-", dir=a.dir or "/var/tmp")
+    backing, mnt, journal = f"{root}/backing", f"{root}/mnt", f"{root}/journal.db"
+    os.makedirs(backing); os.makedirs(mnt)
+    proc = subprocess.Popen([drift, "mount", backing, mnt, "--journal", journal], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(500):
+            if os.path.ismount(mnt): break
+            time.sleep(0.01)
+        else:
+            raise SystemExit("mount did not come up")
+        can_drop = drop_caches()
+        results = {}
+        def add(name, target, seconds):
+            results.setdefault(name, {}).setdefault(target, []).append(seconds)
+        for run in range(a.runs):
+            for target, base in (("backing", backing), ("mount", mnt)):
+                f = f"{base}/big-{run}"
+                add("write 1 GiB (close)", target, timed(lambda: write_big(f, a.size_mib, False)))
+                if target == "mount":
+                    before = last_seq(drift, journal)
+                    t0 = time.perf_counter()
+                # the release (and the hash) happen after close: time to the entry
+                if target == "mount":
+                    wait_journal(drift, journal, f"/big-{run}", before - 1 if before else 0)
+                    add("journal entry after close", "mount", time.perf_counter() - t0)
+                add("read 1 GiB (cached)", target, timed(lambda: read_big(f)))
+                if can_drop:
+                    drop_caches()
+                    add("read 1 GiB (cold)", target, timed(lambda: read_big(f)))
+                os.unlink(f)
+                add("write 1 GiB (fsync)", target, timed(lambda: write_big(f, a.size_mib, True)))
+                os.unlink(f)
+                d = f"{base}/small-{run}"
+                add(f"create {a.files} x 4 KiB files", target, small_files(d, a.files, 4096))
+                shutil.rmtree(d)
+        print(f"drift-fs vs backing directory, {a.runs} runs, medians (machine: {os.cpu_count()} cores)")
+        print(f"{'benchmark':34} {'backing':>10} {'mount':>10} {'speed ratio':>12}")
+        for name, by in results.items():
+            b = statistics.median(by["backing"]) if "backing" in by else None
+            m = statistics.median(by["mount"])
+            if b is None:
+                print(f"{name:34} {'':>10} {m:9.3f}s {'':>12}")
+            else:
+                print(f"{name:34} {b:9.3f}s {m:9.3f}s {b / m:11.2f}x")
+        if not can_drop:
+            print("(cold reads skipped: cannot drop caches here)")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            subprocess.run(["umount", "-l", mnt])
+        shutil.rmtree(root, ignore_errors=True)
+
+if __name__ == "__main__":
+    main()
