@@ -1,0 +1,232 @@
+//! `drift node` and `drift user`: the command-line edge of the node.
+//! Raw clap arguments are turned into typed values here; errors become
+//! `anyhow` with context only at this layer.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+use super::config::NodeConfig;
+use super::users::{self, PermSet, User, Users};
+
+const NODE_LONG_ABOUT: &str = "\
+Runs a service node in the foreground: mounts drift-fs over the backing \
+directory (every change is journaled), serves FTP from the mount with the \
+users and service settings of the initial state, and stops cleanly \
+(stop the FTP server, unmount, exit 0) on SIGINT or SIGTERM. SIGHUP \
+reloads the users and service files without dropping sessions; an invalid \
+file is rejected with a logged error and the previous state stays in force.
+
+The node configuration (TOML):
+
+  [storage]
+  backing = \"/srv/drift/backing\"     # the real files
+  mountpoint = \"/srv/drift/mnt\"      # where drift-fs is mounted and served from
+  journal = \"/srv/drift/journal.db\"  # outside both directories
+  sync = \"normal\"                    # or \"full\": also survive a machine crash
+  fsync_uploads = true               # fsync each upload before answering 226
+  commit_timeout_secs = 30           # max wait for an upload's journal entry
+  # fuse = false                     # serve `backing` directly: NO journal,
+  #                                  # for benchmarks and debugging only
+
+  [state]
+  users = \"users.toml\"               # relative to this file
+  service = \"service.toml\"
+
+The users file ([[user]] name, password_hash, home, permissions, allow_from) \
+is managed with `drift user`. The service file sets listen, greeting, \
+passive_ports, idle_timeout_secs, [sessions], [filter], [login] and [ftps]. \
+Both formats are described in docs/node.md, with examples in examples/node/.";
+
+#[derive(Debug, clap::Args)]
+#[command(long_about = NODE_LONG_ABOUT)]
+pub struct NodeArgs {
+    /// Node configuration file (TOML); see the long help (--help).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Which users file a `drift user` command edits.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct UsersFileArg {
+    /// The users file to read or edit (created by `user add` if missing).
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// A node configuration file; its `[state] users` names the users file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl UsersFileArg {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match (&self.users, &self.config) {
+            (Some(u), _) => Ok(u.clone()),
+            (None, Some(c)) => Ok(NodeConfig::load(c)?.users_file),
+            (None, None) => bail!("give --users FILE or --config FILE"),
+        }
+    }
+}
+
+/// Manage the users file (initial state) of a node. Passwords are read
+/// from a prompt (or one line of standard input when it is not a
+/// terminal), never from the command line, and stored as argon2 hashes.
+/// Send SIGHUP to a running node to apply changes.
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCmd {
+    /// Add a user; asks for the password.
+    #[command(
+        after_help = "Example:\n  printf '%s\\n' \"$PW\" | drift user add alice --users users.toml --home /alice --perm list,read,write"
+    )]
+    Add {
+        /// User name: letters, digits, '.', '_' and '-'.
+        name: String,
+        /// Home directory inside the served root, e.g. /alice (created at node start).
+        #[arg(long, value_name = "DIR")]
+        home: String,
+        /// Comma-separated permissions: list, read, write, delete, mkdir, rename.
+        #[arg(long, value_name = "PERMS")]
+        perm: String,
+        /// Comma-separated client addresses or networks allowed to log in
+        /// (default: anywhere), e.g. 10.0.0.0/8,192.168.1.7.
+        #[arg(long, value_name = "NETS")]
+        allow_from: Option<String>,
+        #[command(flatten)]
+        file: UsersFileArg,
+    },
+    /// Change a user's password; asks for the new one.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        file: UsersFileArg,
+    },
+    /// Delete a user (their files stay).
+    Del {
+        name: String,
+        #[command(flatten)]
+        file: UsersFileArg,
+    },
+    /// List users: name, home, permissions, allowed addresses.
+    List {
+        #[command(flatten)]
+        file: UsersFileArg,
+    },
+}
+
+pub fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = NodeConfig::load(&args.config)?;
+    super::run(cfg).context("drift node")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_user(cmd: UserCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        UserCmd::Add {
+            name,
+            home,
+            perm,
+            allow_from,
+            file,
+        } => {
+            let path = file.path()?;
+            // Check everything before asking for a password.
+            users::validate_name(&name)?;
+            let home = users::normalize_home(&home)?;
+            let perms = PermSet::parse_list(&perm)?;
+            let allow_from = match allow_from {
+                None => None,
+                Some(list) => {
+                    let nets = list
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(users::parse_net)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if nets.is_empty() {
+                        bail!("--allow-from is empty; leave it out to allow any address");
+                    }
+                    Some(nets)
+                }
+            };
+            let mut table = Users::load_or_empty(&path)?;
+            if table.get(&name).is_some() {
+                bail!("user {name:?} already exists in {}", path.display());
+            }
+            let password = read_password(&name)?;
+            table.add(User {
+                name: name.clone(),
+                password_hash: users::hash_password(&password)?,
+                home: home.clone(),
+                perms,
+                allow_from,
+            })?;
+            table.save(&path)?;
+            eprintln!("added user {name} (home {home}, permissions {perms}) to {}", path.display());
+        }
+        UserCmd::Passwd { name, file } => {
+            let path = file.path()?;
+            let mut table = Users::load(&path)?;
+            if table.get(&name).is_none() {
+                bail!("no user {name:?} in {}", path.display());
+            }
+            let password = read_password(&name)?;
+            table.set_password_hash(&name, users::hash_password(&password)?)?;
+            table.save(&path)?;
+            eprintln!("changed the password of {name} in {}", path.display());
+        }
+        UserCmd::Del { name, file } => {
+            let path = file.path()?;
+            let mut table = Users::load(&path)?;
+            table.remove(&name).with_context(|| format!("in {}", path.display()))?;
+            table.save(&path)?;
+            eprintln!("deleted user {name} from {} (their files are kept)", path.display());
+        }
+        UserCmd::List { file } => {
+            let path = file.path()?;
+            print_users(&Users::load(&path)?, &path)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_users(table: &Users, path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if table.is_empty() {
+        eprintln!("no users in {}", path.display());
+        return Ok(());
+    }
+    writeln!(out, "{:<20} {:<24} {:<36} ALLOW_FROM", "NAME", "HOME", "PERMISSIONS")?;
+    for u in table.iter() {
+        let allow = match &u.allow_from {
+            None => "any".to_owned(),
+            Some(n) => n.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        };
+        writeln!(out, "{:<20} {:<24} {:<36} {allow}", u.name, u.home, u.perms.to_string())?;
+    }
+    Ok(())
+}
+
+/// Reads a password: twice from a terminal prompt, or one line from
+/// standard input when it is not a terminal (scripts, tests).
+fn read_password(name: &str) -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {name}: ")).context("reading the password")?;
+        let again = rpassword::prompt_password("Repeat it: ").context("reading the password")?;
+        if first != again {
+            bail!("the passwords differ; nothing changed");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).context("reading the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if password.is_empty() {
+        bail!("empty password; nothing changed");
+    }
+    Ok(password)
+}

@@ -1,0 +1,175 @@
+//! The service node: an FTP server (libunftp + unftp-sbe-fs) on a drift-fs
+//! mount, so every change a client makes lands in the journal, enforcing
+//! the paper's *initial state* (users and service configuration).
+//!
+//! # Layout
+//! - [`config`]: the node configuration file and the service file.
+//! - [`users`]: the users file, argon2 password hashes, permissions.
+//! - [`state`]: the initial state as one shared value, reloaded on SIGHUP.
+//! - [`auth`]: login (passwords, per-user addresses, lockout).
+//! - [`limits`]: session counts (total, per user).
+//! - [`storage`]: the storage backend wrapper (permissions, paths, I/O,
+//!   the 226-after-journal rule).
+//! - [`server`]: the accept loop in front of libunftp (address filter,
+//!   session limit, one libunftp `Server` per connection).
+//! - [`mount`]: mounting drift-fs and reading its journal.
+//! - [`cli`]: `drift node` and `drift user`.
+//!
+//! The user-facing description of the files is `docs/node.md`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod limits;
+pub mod mount;
+pub mod server;
+pub mod state;
+pub mod storage;
+pub mod users;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use config::NodeConfig;
+use limits::Sessions;
+use state::{StateError, StateHandle};
+use storage::{CommitLog, StorageContext};
+
+/// Errors running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Mount(#[from] drift_fs::FsError),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error("cannot create home directory {home} of user {user}: {source}")]
+    Home {
+        user: String,
+        home: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the served directory {path}: {source}")]
+    Root { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the filesystem was unmounted from outside; stopping")]
+    MountLost,
+}
+
+/// Creates missing home directories through the served root (so they are
+/// journaled), never following a symlink out of it.
+pub fn ensure_homes(root: &Path, state: &state::InitialState) -> Result<(), NodeError> {
+    let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority()).map_err(|source| NodeError::Root {
+        path: root.to_owned(),
+        source,
+    })?;
+    for user in state.users.iter() {
+        let rel = user.home_relative();
+        if rel == Path::new(".") || dir.is_dir(&rel) {
+            continue;
+        }
+        dir.create_dir_all(&rel).map_err(|source| NodeError::Home {
+            user: user.name.clone(),
+            home: user.home.clone(),
+            source,
+        })?;
+        tracing::info!(user = %user.name, home = %user.home, "created home directory");
+    }
+    Ok(())
+}
+
+/// Runs a node until SIGINT/SIGTERM: loads the initial state, mounts,
+/// serves FTP, reloads on SIGHUP, then stops the server and unmounts.
+pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
+    // Validate everything before touching the system.
+    let state = Arc::new(StateHandle::load(&cfg.users_file, &cfg.service_file)?);
+    let mount = mount::mount(&cfg)?;
+    let served_root = match &mount {
+        Some(m) => m.mountpoint().to_owned(),
+        None => {
+            tracing::warn!(dir = %cfg.backing.display(), "storage.fuse = false: serving the backing directory with NO journal (benchmarks and debugging only)");
+            cfg.backing.clone()
+        }
+    };
+    let commit: Option<Arc<dyn CommitLog>> = mount
+        .as_ref()
+        .map(|m| Arc::new(mount::JournalCommits::new(m.journal())) as Arc<dyn CommitLog>);
+    let result = (|| {
+        ensure_homes(&served_root, &state.current())?;
+        let ctx = Arc::new(StorageContext {
+            served_root: served_root.clone(),
+            state: state.clone(),
+            sessions: Arc::new(Sessions::default()),
+            commit,
+            fsync_uploads: cfg.fsync_uploads,
+            commit_timeout: cfg.commit_timeout,
+            io_chunk: cfg.io_chunk,
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("drift-node")
+            .build()
+            .map_err(NodeError::Runtime)?;
+        let alive = || mount.as_ref().is_none_or(|m| m.is_alive());
+        let outcome = rt.block_on(serve(ctx, &alive));
+        // Sessions are tasks of this runtime: dropping it ends them.
+        rt.shutdown_timeout(Duration::from_secs(5));
+        outcome
+    })();
+    if let Some(m) = mount {
+        if let Err(e) = m.unmount() {
+            tracing::error!(error = %e, "unmount failed");
+            if result.is_ok() {
+                return Err(e.into());
+            }
+        }
+    }
+    result
+}
+
+async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool) -> Result<(), NodeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let state = ctx.state.clone();
+    let root = ctx.served_root.clone();
+    let front = Arc::new(server::Front::new(ctx));
+    let listener = front.bind().await?;
+    let addr = listener.local_addr().map_err(|source| server::ServerError::Bind {
+        addr: state.current().service.listen,
+        source,
+    })?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let accept = tokio::spawn(front.clone().serve(listener, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    tracing::info!(%addr, root = %root.display(), users = state.current().users.len(), "node listening");
+
+    let sig = |k| signal(k).map_err(NodeError::Runtime);
+    let (mut int, mut term, mut hup) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?, sig(SignalKind::hangup())?);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let outcome = loop {
+        tokio::select! {
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break Ok(()) }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()) }
+            _ = hup.recv() => match state.reload() {
+                Ok(summary) => {
+                    if let Some(asked) = summary.listen_ignored {
+                        tracing::warn!(%asked, %addr, "the listen address changes only on restart; keeping the old one");
+                    }
+                    match ensure_homes(&root, &state.current()) {
+                        Ok(()) => tracing::info!(users = summary.users, "SIGHUP: initial state reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: state reloaded, but a home directory is missing"),
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload rejected; the previous state stays in force"),
+            },
+            _ = tick.tick() => if !alive() { break Err(NodeError::MountLost) },
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = accept.await;
+    tracing::info!(sessions = front.sessions.total(), "FTP server stopped");
+    outcome
+}

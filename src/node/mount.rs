@@ -1,0 +1,53 @@
+//! The node's view of drift-fs: mounting from the node configuration and
+//! the [`CommitLog`] over the journal that holds back a 226 until an
+//! upload is journaled.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drift_fs::{Journal, Mount, MountConfig, Op, SyncMode};
+
+use super::config::{NodeConfig, StorageMode};
+use super::storage::CommitLog;
+
+/// [`CommitLog`] over a drift-fs journal.
+#[derive(Debug)]
+pub struct JournalCommits {
+    journal: Arc<Journal>,
+}
+
+impl JournalCommits {
+    pub fn new(journal: Arc<Journal>) -> Self {
+        JournalCommits { journal }
+    }
+}
+
+impl CommitLog for JournalCommits {
+    fn mark(&self) -> u64 {
+        self.journal.last_seq()
+    }
+
+    fn wait_written(&self, after: u64, path: &str, timeout: Duration) -> io::Result<bool> {
+        self.journal
+            .wait_for(after, timeout, |e| e.op == Op::Write && e.path == path)
+            .map(|e| e.is_some())
+            .map_err(io::Error::other)
+    }
+}
+
+/// Mounts drift-fs as the configuration says; `None` in plain mode.
+pub fn mount(cfg: &NodeConfig) -> Result<Option<Mount>, drift_fs::FsError> {
+    match &cfg.mode {
+        StorageMode::Plain => Ok(None),
+        StorageMode::Fuse {
+            mountpoint,
+            journal,
+            sync_full,
+        } => {
+            let mut mc = MountConfig::new(&cfg.backing, mountpoint, journal);
+            mc.sync = if *sync_full { SyncMode::Full } else { SyncMode::Normal };
+            Mount::spawn(mc).map(Some)
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The node's storage backend: unftp-sbe-fs wrapped with what a drift
+//! node must add.
+//!
+//! - **Permissions** per operation from the users file, looked up live
+//!   (a SIGHUP that revokes `write` stops the next upload of a user already
+//!   logged in). Refusals are `550 Permission denied`; the reason is logged.
+//! - **Paths**: normalised lexically first; `..` that would climb above the
+//!   home is refused, NUL bytes and over-long names are refused (553) before
+//!   anything touches the disk. Everything below still goes through
+//!   cap-std directories rooted at the home, so symlinks cannot lead out.
+//! - **Uploads acknowledged only once journaled**: the kernel releases a
+//!   FUSE file asynchronously after close(2), so `put` waits (bounded) for
+//!   the file's `write` entry before returning; only then does libunftp
+//!   send 226 (architecture guarantee 2).
+//! - **Transfer I/O**: unftp-sbe-fs copies through 4 KiB buffers, which
+//!   costs a FUSE round trip per 4 KiB. Uploads and downloads here move
+//!   `io_chunk`-sized blocks (1 MiB by default) through a blocking thread
+//!   with positional I/O, overlapping disk and network.
+//! - **Stalled transfers** fail after the idle timeout (libunftp suspends
+//!   its idle timer during a transfer and has no other limit).
+//!
+//! Listing, metadata, mkdir, rmdir, delete and rename are delegated to
+//! unftp-sbe-fs after the checks.
+
+use std::ffi::OsStr;
+use std::fmt::Debug;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use unftp_core::storage::{Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend, FEATURE_RESTART};
+use unftp_sbe_fs::{Filesystem, Meta};
+
+use super::auth::NodeUser;
+use super::limits::{Sessions, UserSlot};
+use super::state::StateHandle;
+use super::users::Perm;
+
+/// Longest accepted path (bytes) and path component, as Linux.
+pub const MAX_PATH: usize = 4095;
+pub const MAX_NAME: usize = 255;
+/// Blocks in flight between the network side and the disk side.
+const PIPELINE_DEPTH: usize = 4;
+
+/// Tells an upload when its closed file has been journaled. Implemented
+/// over drift-fs's journal in `mount.rs`; absent when serving a plain
+/// directory.
+pub trait CommitLog: Send + Sync + Debug {
+    /// The journal position now; entries appended later have a higher seq.
+    fn mark(&self) -> u64;
+    /// Blocks until a `write` entry for `path` (relative to the mount root,
+    /// starting with `/`) is appended after `after`, or `timeout` passes.
+    /// Returns whether it appeared.
+    fn wait_written(&self, after: u64, path: &str, timeout: Duration) -> io::Result<bool>;
+}
+
+/// What every session's backend shares.
+#[derive(Debug)]
+pub struct StorageContext {
+    /// The directory FTP serves: the FUSE mountpoint (or the backing
+    /// directory in plain mode). User homes are inside it.
+    pub served_root: PathBuf,
+    pub state: Arc<StateHandle>,
+    pub sessions: Arc<Sessions>,
+    pub commit: Option<Arc<dyn CommitLog>>,
+    pub fsync_uploads: bool,
+    pub commit_timeout: Duration,
+    pub io_chunk: usize,
+}
+
+/// State of one logged-in session.
+#[derive(Debug)]
+struct Session {
+    fs: Filesystem,
+    /// The user's home, opened through the served root with cap-std.
+    home: Arc<cap_std::fs::Dir>,
+    /// The home relative to the served root (`""` for the root itself,
+    /// else `/a/b`): the prefix of this session's paths in the journal.
+    journal_prefix: String,
+    /// Holds this session's place in the per-user limit until the session
+    /// (and so this backend) is dropped.
+    _slot: UserSlot,
+}
+
+/// The storage backend of one control connection.
+#[derive(Debug)]
+pub struct DriftStorage {
+    ctx: Arc<StorageContext>,
+    session: Option<Session>,
+}
+
+impl DriftStorage {
+    pub fn new(ctx: Arc<StorageContext>) -> Self {
+        DriftStorage { ctx, session: None }
+    }
+
+    fn session(&self) -> Result<&Session> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::PermissionDenied, "not logged in"))
+    }
+
+    /// Refuses unless the user (as the users file says *now*) has `perm`.
+    fn check(&self, user: &NodeUser, perm: Perm, path: &Path) -> Result<()> {
+        let state = self.ctx.state.current();
+        match state.users.get(&user.name) {
+            Some(u) if u.perms.contains(perm) => Ok(()),
+            Some(_) => {
+                tracing::warn!(user = %user.name, path = %path.display(), needs = %perm, "refused: user lacks permission");
+                Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("permission denied: user {} lacks the {perm} permission", user.name),
+                ))
+            }
+            None => {
+                tracing::warn!(user = %user.name, path = %path.display(), "refused: user no longer exists");
+                Err(Error::new(ErrorKind::PermissionDenied, "user no longer exists"))
+            }
+        }
+    }
+
+    /// Paths in the journal are relative to the mount root.
+    fn journal_path(&self, s: &Session, rel: &Path) -> String {
+        format!("{}/{}", s.journal_prefix, rel.display())
+    }
+
+    /// Opens a file of the home for reading; returns it with its length.
+    async fn open_read(&self, rel: PathBuf) -> Result<(std::fs::File, u64)> {
+        let home = self.session()?.home.clone();
+        blocking(move || {
+            let f = home.open(&rel)?.into_std();
+            let meta = f.metadata()?;
+            if meta.is_dir() {
+                return Err(io::Error::from_raw_os_error(libc::EISDIR));
+            }
+            Ok((f, meta.len()))
+        })
+        .await
+    }
+
+    fn stall_limit(&self) -> Duration {
+        self.ctx.state.current().service.idle_timeout
+    }
+}
+
+/// Normalises an FTP path (already joined with the session's cwd by
+/// libunftp) into a path relative to the home: `.` for the home itself.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.contains(&0) {
+        tracing::warn!(path = %path.display(), "refused: NUL byte in path");
+        return Err(Error::new(ErrorKind::FileNameNotAllowedError, "NUL byte in path"));
+    }
+    if bytes.len() > MAX_PATH {
+        tracing::warn!(len = bytes.len(), "refused: path too long");
+        return Err(Error::new(ErrorKind::FileNameNotAllowedError, "path too long"));
+    }
+    let mut parts: Vec<&OsStr> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    tracing::warn!(path = %path.display(), "refused: path leaves the home directory");
+                    return Err(Error::new(ErrorKind::PermissionDenied, "path leaves the home directory"));
+                }
+            }
+            Component::Normal(name) => {
+                if name.len() > MAX_NAME {
+                    tracing::warn!(len = name.len(), "refused: file name too long");
+                    return Err(Error::new(ErrorKind::FileNameNotAllowedError, "file name too long"));
+                }
+                parts.push(name);
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Ok(PathBuf::from("."));
+    }
+    Ok(parts.iter().collect())
+}
+
+fn is_home(rel: &Path) -> bool {
+    rel == Path::new(".")
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(e) => Err(Error::new(ErrorKind::LocalError, e.to_string())),
+    }
+}
+
+fn stalled(what: &str, limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what} stalled: no data for {} s", limit.as_secs()),
+    )
+}
+
+/// Reads until `buf` is full or EOF; returns the bytes read.
+fn read_full_at(f: &std::fs::File, buf: &mut [u8], mut pos: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read_at(&mut buf[filled..], pos) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[async_trait]
+impl StorageBackend<NodeUser> for DriftStorage {
+    type Metadata = Meta;
+
+    fn enter(&mut self, user: &NodeUser) -> io::Result<()> {
+        let state = self.ctx.state.current();
+        let max = state.service.max_sessions_per_user;
+        let slot = self.ctx.sessions.try_login(&user.name, max).ok_or_else(|| {
+            tracing::warn!(user = %user.name, max, "login refused: user has too many sessions");
+            io::Error::other(format!("user {} already has {max} sessions", user.name))
+        })?;
+        let mut fs = Filesystem::new(&self.ctx.served_root)?;
+        StorageBackend::<NodeUser>::enter(&mut fs, user)?;
+        let root = cap_std::fs::Dir::open_ambient_dir(&self.ctx.served_root, cap_std::ambient_authority())?;
+        let home_rel = PathBuf::from(user.home.trim_start_matches('/'));
+        let home = if home_rel.as_os_str().is_empty() {
+            root
+        } else {
+            root.open_dir(&home_rel)?
+        };
+        let journal_prefix = if user.home == "/" { String::new() } else { user.home.clone() };
+        self.session = Some(Session {
+            fs,
+            home: Arc::new(home),
+            journal_prefix,
+            _slot: slot,
+        });
+        Ok(())
+    }
+
+    fn supported_features(&self) -> u32 {
+        FEATURE_RESTART
+    }
+
+    async fn metadata<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<Meta> {
+        let rel = resolve(path.as_ref())?;
+        self.session()?.fs.metadata(user, rel).await
+    }
+
+    async fn list<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<Vec<Fileinfo<PathBuf, Meta>>>
+    where
+        Meta: Metadata,
+    {
+        self.check(user, Perm::List, path.as_ref())?;
+        let rel = resolve(path.as_ref())?;
+        self.session()?.fs.list(user, rel).await
+    }
+
+    async fn get<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P, start_pos: u64) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
+        self.check(user, Perm::Read, path.as_ref())?;
+        let rel = resolve(path.as_ref())?;
+        let (file, _) = self.open_read(rel).await?;
+        let mut file = tokio::fs::File::from_std(file);
+        if start_pos > 0 {
+            tokio::io::AsyncSeekExt::seek(&mut file, io::SeekFrom::Start(start_pos)).await?;
+        }
+        Ok(Box::new(tokio::io::BufReader::with_capacity(self.ctx.io_chunk, file)))
+    }
+
+    async fn get_into<'a, P, W: ?Sized>(&self, user: &NodeUser, path: P, start_pos: u64, output: &'a mut W) -> Result<u64>
+    where
+        W: AsyncWrite + Unpin + Sync + Send,
+        P: AsRef<Path> + Send + Debug,
+    {
+        self.check(user, Perm::Read, path.as_ref())?;
+        let rel = resolve(path.as_ref())?;
+        let (file, len) = self.open_read(rel).await?;
+        let chunk = self.ctx.io_chunk;
+        let limit = self.stall_limit();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(PIPELINE_DEPTH);
+        // Serve the file as it was when opened: the loop ends at `len`
+        // even if someone keeps appending.
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut pos = start_pos;
+            while pos < len {
+                let want = chunk.min((len - pos) as usize);
+                let mut buf = vec![0u8; want];
+                let msg = read_full_at(&file, &mut buf, pos).map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                let done = match &msg {
+                    Ok(b) => b.is_empty(),
+                    Err(_) => true,
+                };
+                if let Ok(b) = &msg {
+                    pos += b.len() as u64;
+                }
+                // A closed receiver means the client went away.
+                if tx.blocking_send(msg).is_err() || done {
+                    return;
+                }
+            }
+        });
+        let mut total = 0u64;
+        let result: io::Result<()> = async {
+            while let Some(block) = rx.recv().await {
+                let block = block?;
+                if block.is_empty() {
+                    break;
+                }
+                tokio::time::timeout(limit, output.write_all(&block))
+                    .await
+                    .map_err(|_| stalled("download", limit))??;
+                total += block.len() as u64;
+            }
+            tokio::time::timeout(limit, output.flush())
+                .await
+                .map_err(|_| stalled("download", limit))??;
+            Ok(())
+        }
+        .await;
+        drop(rx);
+        let _ = reader.await;
+        result?;
+        Ok(total)
+    }
+
+    async fn put<P: AsRef<Path> + Send + Debug, R: AsyncRead + Send + Sync + Unpin + 'static>(
+        &self,
+        user: &NodeUser,
+        mut input: R,
+        path: P,
+        start_pos: u64,
+    ) -> Result<u64> {
+        self.check(user, Perm::Write, path.as_ref())?;
+        let rel = resolve(path.as_ref())?;
+        if is_home(&rel) {
+            return Err(Error::new(ErrorKind::FileNameNotAllowedError, "cannot upload onto a directory"));
+        }
+        let session = self.session()?;
+        let journal_path = self.journal_path(session, &rel);
+        let mark = self.ctx.commit.as_ref().map(|c| c.mark());
+        let home = session.home.clone();
+        let file = blocking(move || {
+            let mut oo = cap_std::fs::OpenOptions::new();
+            oo.write(true).create(true).truncate(start_pos == 0);
+            let f = home.open_with(&rel, &oo)?.into_std();
+            if start_pos > 0 {
+                // REST: keep exactly the first start_pos bytes.
+                f.set_len(start_pos)?;
+            }
+            Ok(f)
+        })
+        .await?;
+
+        let fsync = self.ctx.fsync_uploads;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH);
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut pos = start_pos;
+            while let Some(block) = rx.blocking_recv() {
+                file.write_all_at(&block, pos)?;
+                pos += block.len() as u64;
+            }
+            if fsync {
+                file.sync_all()?;
+            }
+            // close(2) here, before the journal wait below starts.
+            drop(file);
+            Ok(())
+        });
+
+        let chunk = self.ctx.io_chunk;
+        let limit = self.stall_limit();
+        let mut total = 0u64;
+        let read_result: io::Result<()> = async {
+            let mut eof = false;
+            while !eof {
+                let mut buf = vec![0u8; chunk];
+                let mut filled = 0;
+                while filled < chunk {
+                    let n = tokio::time::timeout(limit, input.read(&mut buf[filled..]))
+                        .await
+                        .map_err(|_| stalled("upload", limit))??;
+                    if n == 0 {
+                        eof = true;
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    break;
+                }
+                buf.truncate(filled);
+                total += filled as u64;
+                if tx.send(buf).await.is_err() {
+                    // The writer stopped; its error is reported below.
+                    break;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        match writer.await {
+            Ok(r) => r?,
+            Err(e) => return Err(Error::new(ErrorKind::LocalError, e.to_string())),
+        }
+        read_result?;
+
+        if let (Some(commit), Some(mark)) = (self.ctx.commit.clone(), mark) {
+            let timeout = self.ctx.commit_timeout;
+            let jp = journal_path.clone();
+            let seen = tokio::task::spawn_blocking(move || commit.wait_written(mark, &jp, timeout)).await;
+            match seen {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    tracing::error!(path = %journal_path, secs = timeout.as_secs(), "upload not journaled in time; not acknowledging it");
+                    return Err(Error::new(ErrorKind::LocalError, "upload was not journaled in time"));
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(path = %journal_path, error = %e, "cannot read the journal; not acknowledging the upload");
+                    return Err(Error::new(ErrorKind::LocalError, e));
+                }
+                Err(e) => return Err(Error::new(ErrorKind::LocalError, e.to_string())),
+            }
+        }
+        Ok(total)
+    }
+
+    async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
+        self.check(user, Perm::Delete, path.as_ref())?;
+        let rel = resolve(path.as_ref())?;
+        self.session()?.fs.del(user, rel).await
+    }
+
+    async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
+        self.check(user, Perm::Mkdir, path.as_ref())?;
+        let rel = resolve(path.as_ref())?;
+        if is_home(&rel) {
+            return Err(Error::from(ErrorKind::PermanentFileNotAvailable));
+        }
+        self.session()?.fs.mkd(user, rel).await
+    }
+
+    async fn rename<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, from: P, to: P) -> Result<()> {
+        self.check(user, Perm::Rename, from.as_ref())?;
+        let from = resolve(from.as_ref())?;
+        let to = resolve(to.as_ref())?;
+        if is_home(&from) || is_home(&to) {
+            return Err(Error::new(ErrorKind::PermissionDenied, "cannot rename the home directory"));
+        }
+        let s = self.session()?;
+        // Renaming onto an existing name destroys it: that is a deletion.
+        if s.fs.metadata(user, to.clone()).await.is_ok() {
+            self.check(user, Perm::Delete, &to)?;
+        }
+        s.fs.rename(user, from, to).await
+    }
+
+    async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
+        self.check(user, Perm::Delete, path.as_ref())?;
+        let rel = resolve(path.as_ref())?;
+        if is_home(&rel) {
+            return Err(Error::new(ErrorKind::PermissionDenied, "cannot remove the home directory"));
+        }
+        self.session()?.fs.rmd(user, rel).await
+    }
+
+    async fn cwd<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
+        let rel = resolve(path.as_ref())?;
+        self.session()?.fs.cwd(user, rel).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_normalises_and_refuses_escapes() {
+        assert_eq!(resolve(Path::new("/")).unwrap(), PathBuf::from("."));
+        assert_eq!(resolve(Path::new("/a/./b/../c")).unwrap(), PathBuf::from("a/c"));
+        assert_eq!(resolve(Path::new("/a/..")).unwrap(), PathBuf::from("."));
+        assert_eq!(
+            resolve(Path::new("/../etc/passwd")).unwrap_err().kind(),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(resolve(Path::new("/a/../../x")).unwrap_err().kind(), ErrorKind::PermissionDenied);
+        assert_eq!(
+            resolve(Path::new("/a\0b")).unwrap_err().kind(),
+            ErrorKind::FileNameNotAllowedError
+        );
+        let long = format!("/{}", "x".repeat(256));
+        assert_eq!(resolve(Path::new(&long)).unwrap_err().kind(), ErrorKind::FileNameNotAllowedError);
+        let ok = format!("/{}", "x".repeat(255));
+        assert!(resolve(Path::new(&ok)).is_ok());
+        let deep = "/abc".repeat(1100);
+        assert_eq!(resolve(Path::new(&deep)).unwrap_err().kind(), ErrorKind::FileNameNotAllowedError);
+    }
+}
