@@ -28,7 +28,12 @@
 //! (our own chmod/utimens move that baseline, so they do not count).
 //!
 //! # Lock order
-//! `inodes` before `open`; the journal's own lock is always taken last.
+//! A per-inode content lock (striped), then `inodes`, then `open`; the
+//! journal's own lock is always taken last. The content lock is held by a
+//! last release from its decision until its `write` entry is recorded, and
+//! by every open for writing and every truncation: a file rewritten right
+//! after it was closed cannot change under the release still hashing it,
+//! and its entries come out in the order the contents were made.
 //! Operations that change names (`mkdir`, `rmdir`, `unlink`, `rename`,
 //! `create`) and the path lookup of a release hold `inodes` for writing
 //! while they touch the backing tree and journal, so the journal's order
@@ -202,6 +207,8 @@ pub(crate) struct DriftFs {
     dirs: Mutex<HashMap<u64, DirHandle>>,
     open: Mutex<HashMap<u64, OpenState>>,
     next_fh: AtomicU64,
+    /// Content locks, striped by inode number (see the lock order).
+    content: Vec<Mutex<()>>,
     /// Set when a journal append failed: from then on every change is
     /// refused with EIO rather than applied unrecorded.
     broken: AtomicBool,
@@ -319,8 +326,13 @@ impl DriftFs {
             dirs: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            content: (0..64).map(|_| Mutex::new(())).collect(),
             broken: AtomicBool::new(false),
         }
+    }
+
+    fn content_lock(&self, ino: u64) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.content[(ino % self.content.len() as u64) as usize])
     }
 
     fn read_inodes(&self) -> std::sync::RwLockReadGuard<'_, Inodes> {
@@ -388,19 +400,21 @@ impl DriftFs {
         self.passthrough.load(Ordering::Relaxed)
     }
 
-    /// Hashes the file and appends its `write` entry. Called with the
-    /// inode table locked so the path cannot change underneath.
-    fn journal_write(&self, rel: &Path, file: &File) -> FsResult<()> {
+    /// The `write` change for a file's current content (path left empty
+    /// for the caller to fill in under the inode lock). Hashing is done
+    /// without any lock held: a 1 GiB file must not stall renames.
+    fn write_change(&self, file: &File) -> FsResult<Change> {
         if self.sync == SyncMode::Full {
             file.sync_all().map_err(errno)?;
         }
-        let (hash, size) = crate::hash::hash_file(file).map_err(errno)?;
-        let mode = file.metadata().map(|m| m.mode() & 0o7777).ok();
-        let mut c = Change::new(Op::Write, jpath(rel));
-        c.size = Some(size);
-        c.blake3 = Some(hash.to_hex().to_string());
-        c.mode = mode;
-        self.record(c)
+        let (hash, size, mode) = crate::hash::hash_file_mode(file).map_err(errno)?;
+        Ok(Change { size: Some(size), blake3: Some(hash.to_hex().to_string()), mode: Some(mode & 0o7777), ..Change::new(Op::Write, "") })
+    }
+
+    /// Hashes the file and appends its `write` entry for `rel`.
+    fn journal_write(&self, rel: &Path, file: &File) -> FsResult<()> {
+        let c = self.write_change(file)?;
+        self.record(Change { path: jpath(rel), ..c })
     }
 
     /// Registers a new handle on `ino`; `changed` marks content already
@@ -499,6 +513,7 @@ impl DriftFs {
             self.writable()?;
         }
         let handle = fh.and_then(|fh| self.handle_file(fh).ok()).map(|(_, f)| f);
+        let _content = size.is_some().then(|| self.content_lock(ino));
         // Hold the inode table so the path we journal is the file we changed.
         let inodes = self.read_inodes();
         let rel = inodes.path(ino);
@@ -655,6 +670,7 @@ impl DriftFs {
     }
 
     fn release_impl(&self, ino: u64, fh: FileHandle) -> FsResult<()> {
+        let _content = self.content_lock(ino);
         let handle = lock(&self.handles).remove(&fh.0);
         let Some(handle) = handle else { return Err(Errno::EBADF) };
         let finished = {
@@ -680,9 +696,12 @@ impl DriftFs {
         if !changed {
             return Ok(());
         }
+        let change = self.write_change(&handle.file)?;
+        // A rename since the hash is journaled already, so the entry goes
+        // under the name the file has now, after it.
         let inodes = self.read_inodes();
         match inodes.path(ino) {
-            Ok(rel) => self.journal_write(&rel, &handle.file),
+            Ok(rel) => self.record(Change { path: jpath(&rel), ..change }),
             // Unlinked while open: its unlink is journaled, its content is gone.
             Err(_) => Ok(()),
         }
@@ -695,6 +714,7 @@ impl DriftFs {
         if write {
             self.writable()?;
         }
+        let _content = write.then(|| self.content_lock(ino));
         let rel = self.read_inodes().path(ino)?;
         let full = self.full(&rel);
         let file = open_backing(&full, own_flags(req_flags) & !(libc::O_CREAT | libc::O_EXCL), 0)?;

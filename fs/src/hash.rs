@@ -18,10 +18,17 @@ const RAYON_MIN: usize = 256 << 10;
 /// Reads rather than maps: a file truncated under an mmap raises SIGBUS,
 /// which would take the whole mount down.
 pub fn hash_file(file: &File) -> io::Result<(blake3::Hash, u64)> {
+    hash_file_mode(file).map(|(h, n, _)| (h, n))
+}
+
+/// [`hash_file`], plus the file's mode from the same fstat.
+pub fn hash_file_mode(file: &File) -> io::Result<(blake3::Hash, u64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let md = file.metadata()?;
     let mut hasher = blake3::Hasher::new();
     // Small files are the common case: don't fault in a 4 MiB buffer for
     // each (one byte more than the size, so EOF shows in the same read).
-    let len = file.metadata().map(|m| m.len()).unwrap_or(CHUNK as u64);
+    let len = md.len();
     let mut buf = vec![0u8; (len as usize).saturating_add(1).clamp(4096, CHUNK)];
     let mut off = 0u64;
     loop {
@@ -34,7 +41,7 @@ pub fn hash_file(file: &File) -> io::Result<(blake3::Hash, u64)> {
         update(&mut hasher, &buf[..n]);
         off += n as u64;
     }
-    Ok((hasher.finalize(), off))
+    Ok((hasher.finalize(), off, md.mode()))
 }
 
 /// Like [`hash_file`], for a path.
