@@ -492,9 +492,13 @@ impl DriftFs {
     }
 
     fn lookup_impl(&self, parent: u64, name: &OsStr) -> FsResult<FileAttr> {
-        let rel = Self::child(&self.read_inodes(), parent, name)?;
+        // One write-locked section: the kernel does not serialize a lookup
+        // inside a directory against a rename of that directory, and the
+        // path we remember must be the one we looked at.
+        let mut inodes = self.write_inodes();
+        let rel = Self::child(&inodes, parent, name)?;
         let md = std::fs::symlink_metadata(self.full(&rel)).map_err(errno)?;
-        let ino = self.write_inodes().remember(&rel);
+        let ino = inodes.remember(&rel);
         Ok(attr_of(ino, &md))
     }
 
@@ -1070,6 +1074,21 @@ impl Filesystem for DriftFs {
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         reply.error(Errno::ENOSYS);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Regular files answer no ioctls (isatty(3) asks TCGETS).
+        reply.error(Errno::ENOTTY);
     }
 
     fn fallocate(

@@ -223,8 +223,10 @@ impl Mount {
     fn unmount_inner(&mut self) -> Result<(), FsError> {
         let Some(session) = self.session.take() else { return Ok(()) };
         if session.guard.is_finished() {
-            // Unmounted from outside; the session has already ended.
-            let _ = session.join();
+            // Unmounted from outside; the session has already ended. Not
+            // joined: dropping the session would try to unmount a second
+            // time and log a spurious failure; its thread is done already.
+            std::mem::forget(session);
             return Ok(());
         }
         match session.umount_and_join() {
