@@ -1,0 +1,90 @@
+//! Transfer channels: how bytes get between two peers. The frame layer only
+//! sees a [`Stream`] (a reader half, a writer half and a name for logs), so
+//! another channel kind (TLS, a serial link, an in-memory pipe in tests)
+//! plugs in by implementing [`Connector`] and [`Acceptor`].
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// One open channel.
+pub struct Stream {
+    pub reader: BoxRead,
+    pub writer: BoxWrite,
+    /// The peer's address or another name for logs and errors.
+    pub peer: String,
+}
+
+/// Opens channels to one receiver.
+#[async_trait::async_trait]
+pub trait Connector: Send + Sync {
+    async fn connect(&self) -> io::Result<Stream>;
+    fn describe(&self) -> String;
+}
+
+/// Accepts channels from senders.
+#[async_trait::async_trait]
+pub trait Acceptor: Send + Sync {
+    async fn accept(&self) -> io::Result<Stream>;
+    fn local_addr(&self) -> String;
+}
+
+fn tune(stream: &TcpStream) {
+    // Latency of the small ack and reply frames matters more than packet
+    // count: big frames fill segments anyway. Buffer sizes are left to the
+    // kernel's autotuning, which setting SO_RCVBUF would switch off.
+    let _ = stream.set_nodelay(true);
+}
+
+fn into_stream(stream: TcpStream, peer: SocketAddr) -> Stream {
+    tune(&stream);
+    let (r, w) = stream.into_split();
+    Stream {
+        reader: Box::new(r),
+        writer: Box::new(w),
+        peer: peer.to_string(),
+    }
+}
+
+/// TCP to `HOST:PORT`.
+pub struct TcpConnector {
+    pub addr: String,
+}
+
+#[async_trait::async_trait]
+impl Connector for TcpConnector {
+    async fn connect(&self) -> io::Result<Stream> {
+        let stream = TcpStream::connect(&self.addr).await?;
+        let peer = stream.peer_addr()?;
+        Ok(into_stream(stream, peer))
+    }
+
+    fn describe(&self) -> String {
+        self.addr.clone()
+    }
+}
+
+/// A listening TCP socket.
+pub struct TcpAcceptor {
+    pub listener: TcpListener,
+}
+
+#[async_trait::async_trait]
+impl Acceptor for TcpAcceptor {
+    async fn accept(&self) -> io::Result<Stream> {
+        let (stream, peer) = self.listener.accept().await?;
+        Ok(into_stream(stream, peer))
+    }
+
+    fn local_addr(&self) -> String {
+        self.listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into())
+    }
+}
