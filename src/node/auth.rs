@@ -114,10 +114,15 @@ fn dummy_hash() -> &'static str {
 }
 
 /// The node's [`Authenticator`].
-#[derive(Debug)]
 pub struct NodeAuthenticator {
     state: Arc<StateHandle>,
     lockout: Arc<Lockout>,
+}
+
+impl fmt::Debug for NodeAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeAuthenticator")
+    }
 }
 
 impl NodeAuthenticator {
@@ -195,10 +200,15 @@ impl UserDetail for NodeUser {
 }
 
 /// Turns an authenticated name into a [`NodeUser`] from the current state.
-#[derive(Debug)]
 pub struct NodeUserProvider {
     state: Arc<StateHandle>,
     served_root: PathBuf,
+}
+
+impl fmt::Debug for NodeUserProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeUserProvider")
+    }
 }
 
 impl NodeUserProvider {

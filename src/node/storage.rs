@@ -88,10 +88,20 @@ struct Session {
 }
 
 /// The storage backend of one control connection.
-#[derive(Debug)]
 pub struct DriftStorage {
     ctx: Arc<StorageContext>,
     session: Option<Session>,
+}
+
+/// Short on purpose: libunftp's tracing spans print the whole session,
+/// this backend included, on every log line inside a command.
+impl Debug for DriftStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.session {
+            Some(s) => write!(f, "DriftStorage({})", if s.journal_prefix.is_empty() { "/" } else { &s.journal_prefix }),
+            None => f.write_str("DriftStorage(not logged in)"),
+        }
+    }
 }
 
 impl DriftStorage {
@@ -391,15 +401,32 @@ impl StorageBackend<NodeUser> for DriftStorage {
             while !eof {
                 let mut buf = vec![0u8; chunk];
                 let mut filled = 0;
+                let mut failed = None;
                 while filled < chunk {
-                    let n = tokio::time::timeout(limit, input.read(&mut buf[filled..]))
+                    let read = tokio::time::timeout(limit, input.read(&mut buf[filled..]))
                         .await
-                        .map_err(|_| stalled("upload", limit))??;
-                    if n == 0 {
-                        eof = true;
-                        break;
+                        .map_err(|_| stalled("upload", limit))
+                        .and_then(|r| r);
+                    match read {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => filled += n,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
                     }
-                    filled += n;
+                }
+                if let Some(e) = failed {
+                    // Keep what did arrive, so a resumed upload (SIZE, then
+                    // REST or APPE) continues from every byte received.
+                    buf.truncate(filled);
+                    if filled > 0 && tx.send(buf).await.is_ok() {
+                        total += filled as u64;
+                    }
+                    return Err(e);
                 }
                 if filled == 0 {
                     break;

@@ -154,7 +154,7 @@ impl fmt::Display for PermSet {
 }
 
 /// A validated user.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct User {
     pub name: String,
     /// PHC string of an argon2 hash; validated to parse.
@@ -165,6 +165,18 @@ pub struct User {
     pub perms: PermSet,
     /// Client networks this user may log in from; `None` means anywhere.
     pub allow_from: Option<Vec<IpNet>>,
+}
+
+/// Never prints the password hash: libunftp's tracing spans print
+/// session state with `Debug`.
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("home", &self.home)
+            .field("perms", &self.perms.to_string())
+            .finish_non_exhaustive()
+    }
 }
 
 impl User {
