@@ -167,6 +167,15 @@ fn time_from_ns(ns: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// A journal id: unique per creation (time, process, place).
+fn new_id(path: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&OffsetDateTime::now_utc().unix_timestamp_nanos().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(path.as_os_str().as_encoded_bytes());
+    h.finalize().to_hex()[..32].to_owned()
+}
+
 /// Counts for `drift journal stats`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
@@ -230,8 +239,8 @@ impl Journal {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sq)?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
         conn.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('format', ?1), ('version', ?2)",
-            params![FORMAT, VERSION.to_string()],
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('format', ?1), ('version', ?2), ('id', ?3)",
+            params![FORMAT, VERSION.to_string(), new_id(path)],
         )
         .map_err(sq)?;
         let j = Journal::from_conn(path, conn)?;
@@ -307,6 +316,14 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This journal's identity, made at creation: tells one journal's
+    /// history from another's (a replay destination remembers it).
+    pub fn id(&self) -> Result<String, JournalError> {
+        self.conn()
+            .query_row("SELECT value FROM meta WHERE key = 'id'", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {

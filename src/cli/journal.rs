@@ -76,10 +76,12 @@ Files changed outside the journal are reported and skipped.")]
         blobs: PathBuf,
     },
     /// Apply journal entries, in order, onto a directory.
-    #[command(after_help = "Idempotent: running it again over a partly or fully replayed directory \
-gives the same tree. Writes whose content a later entry in the range replaces or deletes are \
-skipped. A needed blob that is missing or corrupt stops the replay with an error naming the \
-entry; nothing of that entry is applied.")]
+    #[command(after_help = "Idempotent: the destination remembers (in an extended attribute, \
+user.drift.replayed) which journal was replayed onto it and up to which seq, so running the \
+same replay again, or again after an interruption, continues where the last one stopped. \
+Writes whose content a later entry in the range replaces or deletes are skipped. A needed \
+blob that is missing or corrupt stops the replay with an error naming the entry; nothing of \
+that entry is applied. The destination belongs to the replay: do not change it by hand.")]
     Replay {
         #[command(flatten)]
         j: JournalArg,
@@ -222,11 +224,12 @@ pub fn run(cmd: JournalCmd) -> anyhow::Result<ExitCode> {
             let r = drift_fs::replay::replay(&journal, &store, &to, from, until)?;
             writeln!(
                 out,
-                "applied {} entr{} ({} superseded write(s) skipped){}",
+                "applied {} entr{} ({} superseded write(s) skipped, {} applied by an earlier replay){}",
                 r.applied,
                 if r.applied == 1 { "y" } else { "ies" },
                 r.superseded,
-                r.last_seq.map(|s| format!("; last seq {s}")).unwrap_or_default()
+                r.already,
+                r.last_seq.map(|s| format!("; now at seq {s}")).unwrap_or_default()
             )?;
         }
     }
