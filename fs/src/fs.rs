@@ -721,7 +721,12 @@ impl DriftFs {
         let _content = write.then(|| self.content_lock(ino));
         let rel = self.read_inodes().path(ino)?;
         let full = self.full(&rel);
-        let file = open_backing(&full, own_flags(req_flags) & !(libc::O_CREAT | libc::O_EXCL), 0)?;
+        let flags = req_flags & !(libc::O_CREAT | libc::O_EXCL);
+        // Read-write when we can (to hash at release); as asked otherwise
+        // (a write-only file when not running as root).
+        let file = open_backing(&full, own_flags(flags), 0).or_else(|e| {
+            if e == Errno::EACCES { open_backing(&full, flags & !libc::O_APPEND, 0) } else { Err(e) }
+        })?;
         let pass = if self.passthrough() {
             match self.passthrough_backing(ino, &full, None, |f| reply.open_backing(f)) {
                 Ok(id) => Some(id),
