@@ -41,9 +41,9 @@ passive_ports, idle_timeout_secs, [sessions], [filter], [login] and [ftps]. \
 Both formats are described in docs/node.md, with examples in examples/node/.";
 
 #[derive(Debug, clap::Args)]
-#[command(long_about = NODE_LONG_ABOUT)]
+#[command(after_long_help = NODE_LONG_ABOUT)]
 pub struct NodeArgs {
-    /// Node configuration file (TOML); see the long help (--help).
+    /// Node configuration file (TOML); its format is below (--help) and in docs/node.md.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
 }
