@@ -585,6 +585,21 @@ mod tests {
             .contains("nonsense"));
     }
 
+    /// The files in examples/node/ are what users copy: they must load.
+    #[test]
+    fn examples_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
+        let node = NodeConfig::load(&dir.join("node.toml")).unwrap();
+        assert!(matches!(node.mode, StorageMode::Fuse { .. }));
+        assert_eq!(node.users_file, dir.join("users.toml"));
+        let svc = ServiceConfig::load(&node.service_file).unwrap();
+        assert!(svc.filter.allows("10.1.1.1".parse().unwrap()));
+        assert!(!svc.filter.allows("10.66.1.1".parse().unwrap()));
+        let users = crate::node::users::Users::load(&node.users_file).unwrap();
+        assert!(users.get("alice").unwrap().verify_password("change-me"));
+        assert!(users.get("reports").unwrap().verify_password("change-me"));
+    }
+
     #[test]
     fn bad_values_are_named() {
         for (text, needle) in [

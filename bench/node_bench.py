@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Upload and download of one large file with curl against three FTP servers,
+in one run, on this machine:
+
+  (a) drift node      -- libunftp over the drift-fs FUSE mount (journaled)
+  (b) drift node      -- the same server code over the plain backing directory
+                         ([storage] fuse = false: no FUSE, no journal)
+  (c) vsftpd (Debian) -- anonymous upload into a directory on the same disk
+
+Each server gets REPS uploads (curl -T from a page-cached source file) and
+REPS downloads (curl -o /dev/null). Prints per-run figures, medians in MiB/s
+and the ratios the issue asks for: (a)/(b) >= 0.8 and (a)/(c) >= 1.
+
+Usage: bench/node_bench.py [--size-mib 1024] [--reps 3] [--no-build]
+                           [--fsync-uploads true|false] [--dir /tmp/...]
+Needs: root (FUSE mount), curl, vsftpd. Traffic stays on 127.0.0.1.
+"""
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, limit=30.0):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(64).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"server on port {port} did not come up")
+
+
+def stop(proc, limit=30.0):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def curl(args):
+    out = subprocess.run(
+        ["curl", "-sS", "--fail", "--max-time", "600", "-w", "%{time_total}"] + args,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"curl {args} failed: {out.stderr}")
+    return float(out.stdout.strip())
+
+
+def drift_node(drift, work, name, fuse, fsync, passive):
+    d = os.path.join(work, name)
+    os.makedirs(os.path.join(d, "backing", "bench"))
+    os.makedirs(os.path.join(d, "mnt"))
+    port = free_port()
+    with open(os.path.join(d, "service.toml"), "w") as f:
+        f.write(f'listen = "127.0.0.1:{port}"\npassive_ports = [{passive}, {passive + 99}]\n')
+    p = subprocess.run(
+        [drift, "user", "add", "bench", "--users", os.path.join(d, "users.toml"),
+         "--home", "/bench", "--perm", "list,read,write,delete,mkdir,rename"],
+        input="bench-pw\n", text=True, capture_output=True,
+    )
+    if p.returncode != 0:
+        raise SystemExit(p.stderr)
+    storage = (
+        'backing = "backing"\nmountpoint = "mnt"\njournal = "journal.db"\n'
+        if fuse else 'backing = "backing"\nfuse = false\n'
+    )
+    with open(os.path.join(d, "node.toml"), "w") as f:
+        f.write(f"[storage]\n{storage}fsync_uploads = {fsync}\n"
+                '[state]\nusers = "users.toml"\nservice = "service.toml"\n')
+    log = open(os.path.join(d, "node.log"), "w")
+    proc = subprocess.Popen([drift, "node", "--config", os.path.join(d, "node.toml")],
+                            stderr=log, stdout=log, env=dict(os.environ, DRIFT_LOG="warn"))
+    wait_port(port, proc)
+    return proc, f"ftp://127.0.0.1:{port}/", ["--user", "bench:bench-pw"], os.path.join(d, "backing", "bench")
+
+
+def vsftpd(work, passive):
+    d = os.path.join(work, "vsftpd")
+    root = os.path.join(d, "root")
+    os.makedirs(os.path.join(root, "up"))
+    shutil.chown(os.path.join(root, "up"), "ftp", "ftp")
+    os.chmod(root, 0o755)
+    port = free_port()
+    conf = os.path.join(d, "vsftpd.conf")
+    with open(conf, "w") as f:
+        f.write(f"""listen=YES
+listen_address=127.0.0.1
+listen_port={port}
+background=NO
+anonymous_enable=YES
+local_enable=NO
+write_enable=YES
+anon_upload_enable=YES
+anon_other_write_enable=YES
+anon_umask=022
+anon_root={root}
+no_anon_password=YES
+pasv_enable=YES
+pasv_min_port={passive}
+pasv_max_port={passive + 99}
+secure_chroot_dir=/var/run/vsftpd/empty
+xferlog_enable=NO
+seccomp_sandbox=NO
+""")
+    proc = subprocess.Popen(["vsftpd", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc, f"ftp://127.0.0.1:{port}/up/", ["--user", "anonymous:bench"], os.path.join(root, "up")
+
+
+def run_server(label, start, src, size, reps):
+    proc, url, auth, landing = start()
+    ups, downs = [], []
+    try:
+        for i in range(reps):
+            name = f"big{i}.bin"
+            t = curl(auth + ["-T", src, url + name])
+            got = os.path.getsize(os.path.join(landing, name))
+            if got != size:
+                raise SystemExit(f"{label}: uploaded {got} bytes, expected {size}")
+            ups.append(size / t / 2**20)
+            t = curl(auth + ["-o", "/dev/null", url + name])
+            downs.append(size / t / 2**20)
+            print(f"  {label} run {i + 1}: upload {ups[-1]:8.1f} MiB/s   download {downs[-1]:8.1f} MiB/s", flush=True)
+            os.remove(os.path.join(landing, name))
+    finally:
+        stop(proc)
+    return statistics.median(ups), statistics.median(downs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--fsync-uploads", default="true", choices=["true", "false"])
+    ap.add_argument("--dir", default=None, help="scratch directory (default: a new one under /tmp)")
+    args = ap.parse_args()
+
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--bin", "drift"], cwd=ROOT, check=True)
+    drift = os.path.join(target, "release", "drift")
+
+    work = args.dir or tempfile.mkdtemp(prefix="drift-node-bench-")
+    os.makedirs(work, exist_ok=True)
+    size = args.size_mib * 2**20
+    src = os.path.join(work, "source.bin")
+    with open(src, "wb") as f:
+        chunk = os.urandom(2**20)
+        for i in range(args.size_mib):
+            f.write(chunk[i % 256:] + chunk[:i % 256])
+    print(f"file: {args.size_mib} MiB, {args.reps} runs per server, fsync_uploads = {args.fsync_uploads}, "
+          f"{os.cpu_count()} CPUs, kernel {os.uname().release}", flush=True)
+
+    results = {}
+    try:
+        results["a"] = run_server("(a) drift node, FUSE", lambda: drift_node(drift, work, "a", True, args.fsync_uploads, 31000), src, size, args.reps)
+        results["b"] = run_server("(b) drift node, plain", lambda: drift_node(drift, work, "b", False, args.fsync_uploads, 31200), src, size, args.reps)
+        results["c"] = run_server("(c) vsftpd", lambda: vsftpd(work, 31400), src, size, args.reps)
+    finally:
+        if not args.dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print("\nmedians (MiB/s)            upload   download")
+    for k, label in [("a", "(a) drift node, FUSE"), ("b", "(b) drift node, plain dir"), ("c", "(c) vsftpd")]:
+        print(f"  {label:<25} {results[k][0]:8.1f}   {results[k][1]:8.1f}")
+    ab = (results["a"][0] / results["b"][0], results["a"][1] / results["b"][1])
+    ac = (results["a"][0] / results["c"][0], results["a"][1] / results["c"][1])
+    print(f"  (a)/(b)                   {ab[0]:8.2f}   {ab[1]:8.2f}   target >= 0.80")
+    print(f"  (a)/(c)                   {ac[0]:8.2f}   {ac[1]:8.2f}   target >= 1.00")
+    ok = min(ab) >= 0.8 and min(ac) >= 1.0
+    print("targets met" if ok else "targets NOT met")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
