@@ -401,8 +401,14 @@ fn relay_tampering(client: &TcpStream, server: &TcpStream, how: Tamper, nth: usi
                     Tamper::Truncate => {
                         to.write_all(&h)?;
                         to.write_all(&rest[..len / 2])?;
+                        // End the stream mid-frame (FIN, not RST: the
+                        // receiver must see the short frame), cut the
+                        // sender off, and drain the receiver until it hangs up.
+                        let _ = server.shutdown(Shutdown::Write);
                         let _ = client.shutdown(Shutdown::Both);
-                        let _ = server.shutdown(Shutdown::Both);
+                        server.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        let mut sink = [0u8; 4096];
+                        while matches!((&*server).read(&mut sink), Ok(n) if n > 0) {}
                         return Ok(());
                     }
                 }

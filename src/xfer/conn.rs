@@ -192,6 +192,18 @@ impl FrameReader {
         Ok(())
     }
 
+    /// Discards whatever the peer still sends, until it closes or `within`
+    /// passes. Closing a socket with unread input makes the kernel send a
+    /// reset, which can destroy a last frame (an `Error`) still in flight
+    /// to the peer; draining first lets it arrive.
+    pub async fn drain(&mut self, within: std::time::Duration) {
+        let mut sink = vec![0u8; 64 << 10];
+        let _ = tokio::time::timeout(within, async {
+            while matches!(self.r.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+
     /// Reads one whole frame into memory and checks it.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
         let Some((header, raw)) = self.header().await? else {

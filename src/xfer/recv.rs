@@ -232,25 +232,30 @@ async fn connection(inner: Arc<Inner>, mut stream: Stream) {
             let mut abort = session.abort.subscribe();
             tokio::select! {
                 r = serve_frames(&inner, &session, &mut reader, &mut writer) => r,
-                _ = abort.wait_for(|a| *a) => Ok(()),
+                _ = abort.wait_for(|a| *a) => {
+                    // Another connection of this session found it broken.
+                    let why = session.error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+                    Err(XferError::Protocol(format!("session aborted: {why}")))
+                }
             }
         }
         Err(e) => Err(e),
     };
+    let mut tell_sender = None;
     match result {
         Ok(()) => {}
+        Err(XferError::Frame(e @ FrameError::Truncated { .. })) => {
+            // A connection dying mid-frame: only this connection goes; the
+            // sender resends its unacknowledged frames on the others.
+            warn!(%peer, "connection lost: frame rejected: {e}");
+        }
         Err(e @ (XferError::Frame(_) | XferError::Protocol(_))) => {
             // A frame that fails its MAC or sequence, or breaks the
-            // protocol: the session is under attack or broken; stop all
-            // of it and tell the sender why. A truncated frame is a
-            // connection dying mid-frame: only this connection goes.
-            if matches!(e, XferError::Frame(FrameError::Truncated { .. })) {
-                warn!(%peer, "connection lost: {e}");
-            } else {
-                warn!(%peer, "aborting session: {e}");
-                let _ = writer.send(FrameType::Error, 0, 0, e.to_string().as_bytes()).await;
-                session.fail(e.to_string());
-            }
+            // protocol: the session is under attack or broken; stop all of
+            // it and tell the sender why.
+            warn!(%peer, "aborting session: {e}");
+            session.fail(e.to_string());
+            tell_sender = Some(e.to_string());
         }
         Err(XferError::Remote(why)) => {
             warn!(%peer, "sender aborted the session: {why}");
@@ -258,7 +263,11 @@ async fn connection(inner: Arc<Inner>, mut stream: Stream) {
         }
         Err(e) => warn!(%peer, "connection lost: {e}"),
     }
+    if let Some(why) = tell_sender {
+        let _ = writer.send(FrameType::Error, 0, 0, why.as_bytes()).await;
+    }
     writer.shutdown().await;
+    reader.drain(Duration::from_secs(2)).await;
     if session.conns.fetch_sub(1, Ordering::SeqCst) == 1 {
         finish_session(&inner, &session, join.session);
     }

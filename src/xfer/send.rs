@@ -527,9 +527,22 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
 async fn run_conn(shared: Arc<Shared>, conn: Arc<Conn>, reader: FrameReader, writer: FrameWriter) {
     let peer = reader.peer().to_owned();
     let mut writer = writer;
-    let result = tokio::select! {
-        r = write_loop(&shared, &conn, &mut writer) => r,
-        r = read_loop(&shared, &conn, reader) => r,
+    let result = {
+        let w = write_loop(&shared, &conn, &mut writer);
+        let r = read_loop(&shared, &conn, reader);
+        tokio::pin!(w, r);
+        tokio::select! {
+            res = &mut w => match res {
+                Ok(()) => Ok(()),
+                // A failed write often means the receiver hung up after
+                // saying why: give its last frame a moment to be read.
+                Err(e) => match tokio::time::timeout(Duration::from_secs(2), &mut r).await {
+                    Ok(Err(remote @ XferError::Remote(_))) => Err(remote),
+                    _ => Err(e),
+                },
+            },
+            res = &mut r => res,
+        }
     };
     match result {
         Ok(()) => writer.shutdown().await,
