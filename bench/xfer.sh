@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# drift xfer against cp, rsync (daemon mode) and curl → vsftpd, on loopback,
+# in one run; then drift xfer across two network namespaces joined by a
+# veth pair shaped with tc netem, with 1 to 8 streams.
+#
+#   sudo bench/xfer.sh                 # everything
+#   RUNS=5 sudo bench/xfer.sh          # more repetitions (median is printed)
+#   SKIP_NETEM=1 bench/xfer.sh         # loopback only
+#   NETEM="rate 1gbit delay 20ms" ...  # the shaping applied on both veth ends
+#
+# Needs root (namespaces, vsftpd), rsync, vsftpd, curl, iproute2.
+# All traffic stays on 127.0.0.1 or inside the namespaces it creates; the
+# namespaces, daemons and temp data are removed on exit.
+set -euo pipefail
+
+RUNS=${RUNS:-3}
+NETEM=${NETEM:-rate 1gbit delay 20ms}
+NETEM_SIZE_MB=${NETEM_SIZE_MB:-256}
+TREE_FILES=${TREE_FILES:-10000}
+STREAMS=${STREAMS:-2}
+here=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-xfer}
+
+echo "== building release"
+(cd "$here" && cargo build --release --quiet)
+drift="$CARGO_TARGET_DIR/release/drift"
+
+work=$(mktemp -d "${BENCH_DIR:-/tmp}/drift-xfer-bench.XXXXXX")
+pids=()
+ns1=dxb1-$$
+ns2=dxb2-$$
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ip netns del "$ns1" 2>/dev/null || true
+  ip netns del "$ns2" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+# wait_port PORT: bounded wait for a listener on 127.0.0.1:PORT.
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2; return 1
+}
+
+echo "== generating data in $work"
+mkdir -p "$work/src/tree" "$work/dst"
+head -c $((1 << 30)) /dev/urandom > "$work/src/big.bin"
+# 10,000 files, sizes log-uniform between 4 KiB and 1 MiB, in 100 directories.
+python3 - "$work/src/tree" "$TREE_FILES" <<'EOF'
+import math, os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(42)
+blob = os.urandom(1 << 20)
+for i in range(n):
+    d = os.path.join(root, f"d{i % 100:02d}")
+    os.makedirs(d, exist_ok=True)
+    size = int(math.exp(rng.uniform(math.log(4096), math.log(1 << 20))))
+    off = rng.randrange(0, (1 << 20) - size + 1)
+    with open(os.path.join(d, f"f{i:05d}"), "wb") as f:
+        f.write(blob[off:off + size])
+        f.write(i.to_bytes(8, "little"))  # no two files alike
+EOF
+tree_bytes=$(du -sb "$work/src/tree" | cut -f1)
+big_bytes=$(stat -c %s "$work/src/big.bin")
+echo "big.bin: $big_bytes bytes; tree: $TREE_FILES files, $tree_bytes bytes"
+src_tree_digest=$("$drift" digest "$work/src/tree")
+sync
+
+# --- servers ---------------------------------------------------------------
+"$drift" xfer keygen "$work/key" >/dev/null
+xport=$(free_port)
+mkdir -p "$work/dst/drift"
+"$drift" xfer recv --listen 127.0.0.1:$xport --key "$work/key" --dir "$work/dst/drift" \
+  --log warn >"$work/recv.log" 2>&1 &
+pids+=($!)
+
+rport=$(free_port)
+mkdir -p "$work/dst/rsync"
+cat >"$work/rsyncd.conf" <<EOF
+pid file = $work/rsyncd.pid
+use chroot = no
+[dst]
+  path = $work/dst/rsync
+  read only = no
+  uid = root
+  gid = root
+EOF
+rsync --daemon --no-detach --address=127.0.0.1 --port=$rport --config="$work/rsyncd.conf" &
+pids+=($!)
+
+fport=$(free_port)
+mkdir -p "$work/ftproot/up"
+chown ftp:ftp "$work/ftproot/up"
+chmod 555 "$work/ftproot"
+cat >"$work/vsftpd.conf" <<EOF
+listen=YES
+listen_address=127.0.0.1
+listen_port=$fport
+background=NO
+anonymous_enable=YES
+no_anon_password=YES
+anon_root=$work/ftproot
+write_enable=YES
+anon_upload_enable=YES
+anon_mkdir_write_enable=YES
+anon_other_write_enable=YES
+anon_umask=022
+local_enable=NO
+seccomp_sandbox=NO
+pasv_enable=YES
+pasv_address=127.0.0.1
+xferlog_enable=NO
+max_per_ip=0
+EOF
+vsftpd "$work/vsftpd.conf" &
+pids+=($!)
+wait_port "$xport"; wait_port "$rport"; wait_port "$fport"
+
+# --- one timed run per tool ------------------------------------------------
+# Each run starts from an empty destination; the page cache is left warm
+# for the source (all tools read the same cached data) and writes are not
+# fsynced (none of the tools fsyncs by default).
+clear_dst() { rm -rf "$work/dst/$1"/* "$work/ftproot/up"/* 2>/dev/null || true; sync; }
+
+run_cp()     { cp -r "$1" "$work/dst/cp/"; }
+run_drift()  { "$drift" --log warn xfer send --to 127.0.0.1:$xport --key "$work/key" --streams "$STREAMS" "$1" >/dev/null; }
+run_rsync()  { rsync -a --whole-file "$1" rsync://127.0.0.1:$rport/dst/; }
+run_ftp() {
+  # One curl process for all files, reusing its control connection.
+  local base; base=$(dirname "$1")
+  (cd "$base" && find "$(basename "$1")" -type f | sort | while read -r f; do
+     printf 'upload-file = "%s"\nurl = "ftp://127.0.0.1:%s/up/%s"\n' "$f" "$fport" "$f"
+   done) >"$work/curl.cfg"
+  (cd "$base" && curl -sS --ftp-create-dirs --ftp-pasv -K "$work/curl.cfg")
+}
+
+declare -A result
+bench() { # bench NAME TOOL SRC BYTES
+  local name=$1 tool=$2 src=$3 bytes=$4 t=()
+  for _ in $(seq "$RUNS"); do
+    mkdir -p "$work/dst/cp"
+    clear_dst "$tool"
+    local a b; a=$(now); "run_$tool" "$src"; b=$(now)
+    t+=("$(echo "$b - $a" | bc -l)")
+  done
+  local med; med=$(printf '%s\n' "${t[@]}" | median)
+  result[$name.$tool]=$med
+  printf '%-6s %-6s median %7.3f s  %8.1f MB/s   runs: %s\n' "$name" "$tool" "$med" \
+    "$(echo "$bytes / $med / 1000000" | bc -l)" "${t[*]}"
+}
+
+echo "== loopback, $RUNS runs each, drift with $STREAMS streams"
+for tool in cp drift rsync ftp; do bench big "$tool" "$work/src/big.bin" "$big_bytes"; done
+for tool in cp drift rsync ftp; do bench tree "$tool" "$work/src/tree" "$tree_bytes"; done
+
+# The last drift tree run must have delivered the same tree.
+clear_dst drift; run_drift "$work/src/tree"
+got=$("$drift" digest "$work/dst/drift/tree")
+[[ "$got" == "$src_tree_digest" ]] || { echo "drift tree digest differs!" >&2; exit 1; }
+echo "drift tree digest matches the source: $got"
+
+echo
+echo "== ratios (time of X / time of drift xfer; >1 means drift is faster)"
+for name in big tree; do
+  for tool in cp rsync ftp; do
+    printf '%-5s %-6s %6.2f\n' "$name" "$tool" "$(echo "${result[$name.$tool]} / ${result[$name.drift]}" | bc -l)"
+  done
+done
+
+# --- netem: two namespaces ---------------------------------------------------
+if [[ -n "${SKIP_NETEM:-}" ]]; then exit 0; fi
+echo
+echo "== shaped link: $ns1 <-> $ns2 over veth, ${NETEM_SIZE_MB} MiB file"
+ip netns add "$ns1"; ip netns add "$ns2"
+ip link add dxb-a-$$ netns "$ns1" type veth peer name dxb-b-$$ netns "$ns2"
+ip -n "$ns1" addr add 10.203.0.1/30 dev dxb-a-$$
+ip -n "$ns2" addr add 10.203.0.2/30 dev dxb-b-$$
+ip -n "$ns1" link set dxb-a-$$ up; ip -n "$ns1" link set lo up
+ip -n "$ns2" link set dxb-b-$$ up; ip -n "$ns2" link set lo up
+# netem's own queue must hold a bandwidth-delay product (1 Gbit/s * 20 ms
+# = 2.5 MB, ~1700 packets); the default limit of 1000 would drop.
+if ip netns exec "$ns1" tc qdisc add dev dxb-a-$$ root netem $NETEM limit 100000 2>/dev/null; then
+  ip netns exec "$ns2" tc qdisc add dev dxb-b-$$ root netem $NETEM limit 100000
+  echo "shaping: netem $NETEM on both ends"
+else
+  # Kernels built without CONFIG_NET_SCH_NETEM cannot add delay; shape the
+  # rate alone with a token bucket and say so.
+  echo "shaping: netem is not available in this kernel; tbf rate 1gbit only (no added delay)"
+  ip netns exec "$ns1" tc qdisc add dev dxb-a-$$ root tbf rate 1gbit burst 256kb latency 50ms
+  ip netns exec "$ns2" tc qdisc add dev dxb-b-$$ root tbf rate 1gbit burst 256kb latency 50ms
+fi
+ip netns exec "$ns1" ping -c 2 -q 10.203.0.2 | tail -1
+head -c $((NETEM_SIZE_MB << 20)) "$work/src/big.bin" > "$work/src/net.bin"
+net_bytes=$(stat -c %s "$work/src/net.bin")
+mkdir -p "$work/dst/net"
+ip netns exec "$ns2" "$drift" xfer recv --listen 10.203.0.2:7070 --key "$work/key" \
+  --dir "$work/dst/net" --log warn >"$work/recv-net.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  ip netns exec "$ns1" bash -c 'exec 3<>/dev/tcp/10.203.0.2/7070' 2>/dev/null && break
+  sleep 0.05
+done
+declare -A net
+for n in 1 2 4 8; do
+  t=()
+  for _ in $(seq "$RUNS"); do
+    rm -rf "$work/dst/net"/*
+    a=$(now)
+    ip netns exec "$ns1" "$drift" --log warn xfer send --to 10.203.0.2:7070 --key "$work/key" --streams "$n" "$work/src/net.bin" >/dev/null
+    b=$(now)
+    t+=("$(echo "$b - $a" | bc -l)")
+  done
+  med=$(printf '%s\n' "${t[@]}" | median)
+  net[$n]=$med
+  printf 'streams %-2s median %7.3f s  %7.1f Mbit/s   runs: %s\n' "$n" "$med" \
+    "$(echo "$net_bytes * 8 / $med / 1000000" | bc -l)" "${t[*]}"
+done
+for n in 2 4 8; do
+  printf 'streams %s vs 1: %.2fx\n' "$n" "$(echo "${net[1]} / ${net[$n]}" | bc -l)"
+done
