@@ -8,7 +8,7 @@ in one run, on this machine:
   (c) vsftpd (Debian) -- anonymous upload into a directory on the same disk
 
 Each server gets REPS uploads (curl -T from a page-cached source file) and
-REPS downloads (curl -o /dev/null). Prints per-run figures, medians in MiB/s
+REPS downloads (curl -o /dev/null), interleaved a, b, c, a, b, c, ... Prints per-run figures, medians in MiB/s
 and the ratios the issue asks for: (a)/(b) >= 0.8 and (a)/(c) >= 1.
 
 Usage: bench/node_bench.py [--size-mib 1024] [--reps 3] [--no-build]
@@ -131,24 +131,18 @@ seccomp_sandbox=NO
     return proc, f"ftp://127.0.0.1:{port}/up/", ["--user", "anonymous:bench"], os.path.join(root, "up")
 
 
-def run_server(label, start, src, size, reps):
-    proc, url, auth, landing = start()
-    ups, downs = [], []
-    try:
-        for i in range(reps):
-            name = f"big{i}.bin"
-            t = curl(auth + ["-T", src, url + name])
-            got = os.path.getsize(os.path.join(landing, name))
-            if got != size:
-                raise SystemExit(f"{label}: uploaded {got} bytes, expected {size}")
-            ups.append(size / t / 2**20)
-            t = curl(auth + ["-o", "/dev/null", url + name])
-            downs.append(size / t / 2**20)
-            print(f"  {label} run {i + 1}: upload {ups[-1]:8.1f} MiB/s   download {downs[-1]:8.1f} MiB/s", flush=True)
-            os.remove(os.path.join(landing, name))
-    finally:
-        stop(proc)
-    return statistics.median(ups), statistics.median(downs)
+def one_round(label, server, src, size, i, ups, downs):
+    proc, url, auth, landing = server
+    name = f"big{i}.bin"
+    t = curl(auth + ["-T", src, url + name])
+    got = os.path.getsize(os.path.join(landing, name))
+    if got != size:
+        raise SystemExit(f"{label}: uploaded {got} bytes, expected {size}")
+    ups.append(size / t / 2**20)
+    t = curl(auth + ["-o", "/dev/null", url + name])
+    downs.append(size / t / 2**20)
+    print(f"  {label:<22} run {i + 1}: upload {ups[-1]:8.1f} MiB/s   download {downs[-1]:8.1f} MiB/s", flush=True)
+    os.remove(os.path.join(landing, name))
 
 
 def main():
@@ -176,14 +170,24 @@ def main():
     print(f"file: {args.size_mib} MiB, {args.reps} runs per server, fsync_uploads = {args.fsync_uploads}, "
           f"{os.cpu_count()} CPUs, kernel {os.uname().release}", flush=True)
 
-    results = {}
+    labels = {"a": "(a) drift node, FUSE", "b": "(b) drift node, plain", "c": "(c) vsftpd"}
+    servers = {}
+    runs = {k: ([], []) for k in labels}
     try:
-        results["a"] = run_server("(a) drift node, FUSE", lambda: drift_node(drift, work, "a", True, args.fsync_uploads, 31000), src, size, args.reps)
-        results["b"] = run_server("(b) drift node, plain", lambda: drift_node(drift, work, "b", False, args.fsync_uploads, 31200), src, size, args.reps)
-        results["c"] = run_server("(c) vsftpd", lambda: vsftpd(work, 31400), src, size, args.reps)
+        servers["a"] = drift_node(drift, work, "a", True, args.fsync_uploads, 31000)
+        servers["b"] = drift_node(drift, work, "b", False, args.fsync_uploads, 31200)
+        servers["c"] = vsftpd(work, 31400)
+        # Interleaved, so that load from other processes on the machine
+        # spreads over all three servers instead of hitting one.
+        for i in range(args.reps):
+            for k in labels:
+                one_round(labels[k], servers[k], src, size, i, *runs[k])
     finally:
+        for server in servers.values():
+            stop(server[0])
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
+    results = {k: (statistics.median(u), statistics.median(d)) for k, (u, d) in runs.items()}
 
     print("\nmedians (MiB/s)            upload   download")
     for k, label in [("a", "(a) drift node, FUSE"), ("b", "(b) drift node, plain dir"), ("c", "(c) vsftpd")]:

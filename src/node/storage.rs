@@ -301,13 +301,15 @@ impl StorageBackend<NodeUser> for DriftStorage {
         let chunk = self.ctx.io_chunk;
         let limit = self.stall_limit();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(PIPELINE_DEPTH);
+        let (pool_tx, mut pool_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH + 2);
         // Serve the file as it was when opened: the loop ends at `len`
         // even if someone keeps appending.
         let reader = tokio::task::spawn_blocking(move || {
             let mut pos = start_pos;
             while pos < len {
                 let want = chunk.min((len - pos) as usize);
-                let mut buf = vec![0u8; want];
+                let mut buf = pool_rx.try_recv().unwrap_or_default();
+                buf.resize(want, 0);
                 let msg = read_full_at(&file, &mut buf, pos).map(|n| {
                     buf.truncate(n);
                     buf
@@ -336,6 +338,7 @@ impl StorageBackend<NodeUser> for DriftStorage {
                     .await
                     .map_err(|_| stalled("download", limit))??;
                 total += block.len() as u64;
+                let _ = pool_tx.try_send(block);
             }
             tokio::time::timeout(limit, output.flush())
                 .await
@@ -378,15 +381,22 @@ impl StorageBackend<NodeUser> for DriftStorage {
         .await?;
 
         let fsync = self.ctx.fsync_uploads;
+        let started = std::time::Instant::now();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH);
+        // Written blocks come back for reuse: no allocation or zeroing of
+        // a fresh block per chunk.
+        let (pool_tx, mut pool_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH + 2);
         let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut pos = start_pos;
             while let Some(block) = rx.blocking_recv() {
                 file.write_all_at(&block, pos)?;
                 pos += block.len() as u64;
+                let _ = pool_tx.try_send(block);
             }
             if fsync {
+                let t = std::time::Instant::now();
                 file.sync_all()?;
+                tracing::debug!(fsync_ms = t.elapsed().as_millis() as u64, "upload fsynced");
             }
             // close(2) here, before the journal wait below starts.
             drop(file);
@@ -399,7 +409,8 @@ impl StorageBackend<NodeUser> for DriftStorage {
         let read_result: io::Result<()> = async {
             let mut eof = false;
             while !eof {
-                let mut buf = vec![0u8; chunk];
+                let mut buf = pool_rx.try_recv().unwrap_or_default();
+                buf.resize(chunk, 0);
                 let mut filled = 0;
                 let mut failed = None;
                 while filled < chunk {
@@ -447,13 +458,17 @@ impl StorageBackend<NodeUser> for DriftStorage {
             Err(e) => return Err(Error::new(ErrorKind::LocalError, e.to_string())),
         }
         read_result?;
+        tracing::debug!(bytes = total, data_ms = started.elapsed().as_millis() as u64, "upload written and closed");
 
         if let (Some(commit), Some(mark)) = (self.ctx.commit.clone(), mark) {
             let timeout = self.ctx.commit_timeout;
             let jp = journal_path.clone();
+            let waited = std::time::Instant::now();
             let seen = tokio::task::spawn_blocking(move || commit.wait_written(mark, &jp, timeout)).await;
             match seen {
-                Ok(Ok(true)) => {}
+                Ok(Ok(true)) => {
+                    tracing::debug!(path = %journal_path, bytes = total, wait_ms = waited.elapsed().as_millis() as u64, "upload journaled");
+                }
                 Ok(Ok(false)) => {
                     tracing::error!(path = %journal_path, secs = timeout.as_secs(), "upload not journaled in time; not acknowledging it");
                     return Err(Error::new(ErrorKind::LocalError, "upload was not journaled in time"));
