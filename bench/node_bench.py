@@ -150,7 +150,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--fsync-uploads", default="true", choices=["true", "false"])
+    ap.add_argument("--fsync-uploads", default="false", choices=["true", "false"])
     ap.add_argument("--dir", default=None, help="scratch directory (default: a new one under /tmp)")
     args = ap.parse_args()
 

@@ -91,7 +91,7 @@ fn real_tools_leave_exactly_one_entry_per_completed_change() {
         "rename /docs/b.bin -> /docs/c.txt".into(),
         format!("write /docs/c.txt size=10 blake3={} mode=600", blake3_hex(&data[..10])),
     ];
-    let got = entries_at_least(&s, expected.len());
+    entries_at_least(&s, expected.len());
     // Give a stray late entry the chance to show up before comparing.
     std::thread::sleep(Duration::from_millis(200));
     let got: Vec<String> = s.entries().iter().map(shape).collect();
@@ -173,7 +173,7 @@ fn kill_9_leaves_a_journal_that_opens_and_keeps_every_returned_operation() {
     let mut m = s.mount();
     // The writer prints a directory's name once mkdir has returned: from
     // then on its entry must be in the journal.
-    let mut writer = Command::new("python3")
+    let writer = Command::new("python3")
         .arg("-c")
         .arg(
             "import os, sys, time\n\

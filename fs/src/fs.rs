@@ -1081,6 +1081,12 @@ impl Filesystem for DriftFs {
         reply.error(Errno::ENOSYS);
     }
 
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Only the mounting user gets in unless --allow-other, and then
+        // the kernel checks permission bits itself (default_permissions).
+        reply.ok();
+    }
+
     fn ioctl(
         &self,
         _req: &Request,

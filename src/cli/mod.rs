@@ -59,6 +59,9 @@ pub enum Command {
     Man(man::ManArgs),
 }
 
+/// Default log filter: libunftp logs whole session structs at info level.
+const DEFAULT_LOG: &str = "info,libunftp=warn";
+
 /// Sets up `tracing` on standard error. `--log` beats `DRIFT_LOG`, which
 /// beats the default `info`.
 pub fn init_logging(flag: Option<&str>) {
@@ -66,10 +69,10 @@ pub fn init_logging(flag: Option<&str>) {
     let filter = flag
         .map(str::to_owned)
         .or_else(|| std::env::var("DRIFT_LOG").ok())
-        .unwrap_or_else(|| "info".to_owned());
+        .unwrap_or_else(|| DEFAULT_LOG.to_owned());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|err| {
         eprintln!("drift: ignoring bad log filter {filter:?}: {err}");
-        EnvFilter::new("info")
+        EnvFilter::new(DEFAULT_LOG)
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -26,7 +26,7 @@ The node configuration (TOML):
   mountpoint = \"/srv/drift/mnt\"      # where drift-fs is mounted and served from
   journal = \"/srv/drift/journal.db\"  # outside both directories
   sync = \"normal\"                    # or \"full\": also survive a machine crash
-  fsync_uploads = true               # fsync each upload before answering 226
+  fsync_uploads = false              # extra fsync per upload (sync=full fsyncs anyway)
   commit_timeout_secs = 30           # max wait for an upload's journal entry
   # fuse = false                     # serve `backing` directly: NO journal,
   #                                  # for benchmarks and debugging only

@@ -64,7 +64,9 @@ pub struct NodeConfig {
     pub path: PathBuf,
     pub backing: PathBuf,
     pub mode: StorageMode,
-    /// fsync each uploaded file before answering 226.
+    /// fsync each uploaded file before answering 226. Off by default: with
+    /// `sync = "full"` drift-fs already fsyncs every file before journaling
+    /// it, and a crash of the process alone loses nothing either way.
     pub fsync_uploads: bool,
     /// How long an upload waits for its journal entry before the client
     /// gets an error instead of 226.
@@ -103,7 +105,7 @@ struct RawStorage {
     fuse: bool,
     #[serde(default = "default_sync")]
     sync: String,
-    #[serde(default = "default_true")]
+    #[serde(default)]
     fsync_uploads: bool,
     #[serde(default = "default_commit_timeout")]
     commit_timeout_secs: u64,

@@ -113,7 +113,11 @@ pub fn add_user(users_file: &Path, u: &TestUser) {
 pub fn pipe_stdin(mut cmd: Command, input: &str) -> std::process::Output {
     cmd.env("DRIFT_LOG", "warn").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
-    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    // A command that refuses its arguments exits before reading: that is
+    // the behaviour under test, not a test failure.
+    if let Err(e) = child.stdin.take().expect("stdin").write_all(input.as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+    }
     child.wait_with_output().expect("wait")
 }
 
