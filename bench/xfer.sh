@@ -197,7 +197,6 @@ else
   ip netns exec "$ns1" tc qdisc add dev dxb-a-$$ root tbf rate 1gbit burst 256kb latency 50ms
   ip netns exec "$ns2" tc qdisc add dev dxb-b-$$ root tbf rate 1gbit burst 256kb latency 50ms
 fi
-ip netns exec "$ns1" ping -c 2 -q 10.203.0.2 | tail -1
 head -c $((NETEM_SIZE_MB << 20)) "$work/src/big.bin" > "$work/src/net.bin"
 net_bytes=$(stat -c %s "$work/src/net.bin")
 mkdir -p "$work/dst/net"

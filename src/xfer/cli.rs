@@ -52,9 +52,10 @@ pub struct SendArgs {
     /// Files transferred at once (each with its frames spread over all streams).
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub files: usize,
-    /// Files up to this size are batched, many per frame (same suffixes as
-    /// --frame-size).
-    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
+    /// Files up to this size are batched, many per frame, with one round
+    /// trip per batch instead of three per file (same suffixes as
+    /// --frame-size; capped at the frame size).
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
     pub small: u64,
     /// Limit the payload rate, in bytes per second (same suffixes, e.g. 100M).
     /// Default: no limit.

@@ -872,9 +872,15 @@ fn to_system_time((s, ns): (i64, u32)) -> SystemTime {
     }
 }
 
-fn tmp_name(cfg: &RecvConfig) -> PathBuf {
+/// A temporary name beside `dest`, in the same directory: small files are
+/// written there and renamed in place, which keeps each rename inside one
+/// directory (one shared staging directory serialises every create and
+/// rename of a batch on its lock).
+fn tmp_beside(dest: &Path) -> PathBuf {
     let n: u64 = rand::random();
-    cfg.state_dir.join(format!("tmp.{n:016x}"))
+    let base = dest.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let base: String = base.chars().take(100).collect();
+    dest.with_file_name(format!(".{base}.drift-xfer-{n:016x}.tmp"))
 }
 
 fn handle_batch(inner: &Inner, session: &Session, payload: &[u8]) -> Result<Vec<Outcome>> {
@@ -915,12 +921,11 @@ fn batch_entry(inner: &Inner, session: &Session, e: &Entry<'_>) -> Result<Outcom
             Ok(Outcome::Ok)
         }
         Entry::Symlink { target, .. } => {
-            ensure_state_dir(cfg)?;
             let dest = paths::prepare_parents(&cfg.dir, &name)?;
             if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
                 return Ok(Outcome::Failed("a directory of that name is in the way on the receiver".into()));
             }
-            let tmp = tmp_name(cfg);
+            let tmp = tmp_beside(&dest);
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)
                 .map_err(|err| XferError::io(format!("creating symlink {}", name.display()), err))?;
             set_times_nofollow(&tmp, (meta.mtime_s, meta.mtime_ns));
@@ -939,8 +944,8 @@ fn batch_entry(inner: &Inner, session: &Session, e: &Entry<'_>) -> Result<Outcom
                     blake3::Hash::from_bytes(*hash).to_hex()
                 )));
             }
-            ensure_state_dir(cfg)?;
-            let tmp = tmp_name(cfg);
+            let dest = paths::prepare_parents(&cfg.dir, &name)?;
+            let tmp = tmp_beside(&dest);
             let mut file = OpenOptions::new()
                 .write(true)
                 .create_new(true)

@@ -60,7 +60,7 @@ impl SendConfig {
             streams: 4,
             frame_size: 1 << 20,
             files_in_flight: 8,
-            small_file: 64 << 10,
+            small_file: 1 << 20,
             max_rate: None,
             handshake_timeout: Duration::from_secs(10),
         }
