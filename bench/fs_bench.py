@@ -6,7 +6,8 @@ directory through `drift mount`:
   - sequential write of a 1 GiB file (dd, 1 MiB blocks), until close returns
     and until the file is durable (conv=fsync);
   - sequential read of that file, from the page cache and cold (caches dropped);
-  - create-write-close of 10,000 small files (4 KiB) from one process.
+  - create-write-close of 10,000 small files (4 KiB, and 64 KiB) from one
+    process, each run into a fresh directory (kept until the end).
 For the mount it also reports how long after close the journal entry for the
 1 GiB file appears (hashing happens at release, after close has returned).
 A second mount with --no-passthrough shows what the kernel's FUSE
@@ -26,6 +27,14 @@ def drop_caches():
         return True
     except OSError:
         return False
+
+def settle():
+    """Lets deferred work of earlier steps finish before the next timing:
+    evicting the inodes, the delayed release of deleted files' blocks
+    (discards on this disk), the journal commit."""
+    drop_caches()
+    time.sleep(1)
+    os.sync()
 
 def timed(fn):
     t = time.perf_counter(); fn(); return time.perf_counter() - t
@@ -69,6 +78,9 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--verbose", action="store_true", help="print every measurement as it is taken")
+    ap.add_argument("--small-sizes", type=lambda v: [int(x) * 1024 for x in v.split(",")], default=[4096, 65536],
+                    help="small-file sizes in KiB, comma-separated (default 4,64)")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir under /var/tmp)")
     a = ap.parse_args()
     drift = os.path.abspath(a.drift)
@@ -88,28 +100,47 @@ def main():
         can_drop = drop_caches()
         results = {}
         def add(name, target, seconds):
+            if a.verbose:
+                print(f"  run {run}: {name} on {target}: {seconds:.3f}s", flush=True)
             results.setdefault(name, {}).setdefault(target, []).append(seconds)
+        targets = [("backing", backing), ("mount", mnt), ("no-passthrough", mnt2)]
         for run in range(a.runs):
-            for target, base in (("backing", backing), ("mount", mnt), ("no-passthrough", mnt2)):
-                f = f"{base}/big-{run}"
+            # Rotate the order so no target always follows the same one
+            # (dirty-page writeback and deferred deletions carry over).
+            order = targets[run % 3:] + targets[:run % 3]
+            for target, base in order:
+                # Names differ per target: all three targets share one
+                # backing directory, and overwriting the previous target's
+                # files would measure truncation instead of creation.
+                f = f"{base}/{target}-big-{run}"
+                settle()
                 if target == "mount":
                     before = last_seq(drift, journal)
                 add("write 1 GiB (close)", target, timed(lambda: write_big(f, a.size_mib, False)))
                 if target == "mount":
                     # The release (and the hash) happen after close returns.
                     t0 = time.perf_counter()
-                    wait_journal(drift, journal, f"/big-{run}", before)
+                    wait_journal(drift, journal, f"/{target}-big-{run}", before)
                     add("journal entry after close", "mount", time.perf_counter() - t0)
                 add("read 1 GiB (cached)", target, timed(lambda: read_big(f)))
                 if can_drop:
                     drop_caches()
                     add("read 1 GiB (cold)", target, timed(lambda: read_big(f)))
+                # Through the mount, the kernel frees a deleted file's blocks
+                # only when it evicts the inode holding the passthrough
+                # backing file: settle (untimed) so that no target pays for
+                # an earlier deletion inside a later measurement.
                 os.unlink(f)
+                settle()
                 add("write 1 GiB (fsync)", target, timed(lambda: write_big(f, a.size_mib, True)))
                 os.unlink(f)
-                d = f"{base}/small-{run}"
-                add(f"create {a.files} x 4 KiB files", target, small_files(d, a.files, 4096))
-                shutil.rmtree(d)
+                # Small-file trees are kept until the end: deleting tens of
+                # thousands of files makes ext4's inode allocator slow for
+                # a while (recently_deleted), whichever target comes next.
+                for size in a.small_sizes:
+                    d = f"{base}/{target}-small-{size}-{run}"
+                    settle()
+                    add(f"create {a.files} x {size // 1024} KiB files", target, small_files(d, a.files, size))
         print(f"drift-fs vs backing directory, {a.runs} runs, medians (machine: {os.cpu_count()} cores)")
         print("speed ratio = backing time / mount time (1.00x = as fast as the plain directory)")
         print(f"{'benchmark':30} {'backing':>9} {'mount':>9} {'ratio':>7} {'no-passthrough':>15} {'ratio':>7}")
