@@ -4,13 +4,12 @@
 //! cleanly and unmounts, and the plain-directory mode serves without a
 //! journal.
 
-#[path = "common/node.rs"]
-mod node;
+mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use node::*;
+use common::node::*;
 
 fn drift(args: &[&str]) -> std::process::Output {
     Command::new(drift_bin()).args(args).env("DRIFT_LOG", "warn").output().unwrap()

@@ -4,14 +4,13 @@
 //! removes a directory, deletes and renames; contents are compared by
 //! BLAKE3 and the journal must hold exactly the expected entries.
 
-#[path = "common/node.rs"]
-mod node;
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use node::*;
+use common::node::*;
 
 const PW: &str = "alice-pw-1";
 

@@ -1,12 +1,11 @@
 //! Explicit FTPS (AUTH TLS) on `drift node`: with `[ftps] required = true`
 //! curl uploads and downloads over TLS, and a plaintext login is refused.
 
-#[path = "common/node.rs"]
-mod node;
+mod common;
 
 use std::process::Command;
 
-use node::*;
+use common::node::*;
 
 #[test]
 fn ftps_required_serves_tls_and_refuses_plaintext() {

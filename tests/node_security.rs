@@ -2,12 +2,11 @@
 //! one asserts the refusal *and* that nothing changed, neither in the
 //! backing tree nor in the journal.
 
-#[path = "common/node.rs"]
-mod node;
+mod common;
 
 use std::time::Duration;
 
-use node::*;
+use common::node::*;
 
 /// Snapshot of what must not change.
 struct Before {

@@ -10,27 +10,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub fn drift_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_drift")
-}
-
-/// Polls `cond` every 20 ms until it holds or `limit` passes.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
-pub fn b3(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
-}
+// The binary, polling and hashing helpers are shared with the other tests.
+pub use super::{blake3_hex as b3, drift_bin, wait_until};
 
 pub fn b3_file(p: &Path) -> String {
     b3(&std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())))
