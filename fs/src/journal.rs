@@ -260,17 +260,18 @@ impl Journal {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sq)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sq)?;
         let format: Option<String> = match conn
             .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get(0))
             .optional()
         {
             Ok(v) => v,
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::NotADatabase =>
+            // Not SQLite at all, or SQLite without our table: not a journal.
+            // Anything else (locked, unreadable) is reported as it is.
+            Err(rusqlite::Error::SqliteFailure(e, msg))
+                if e.code == rusqlite::ErrorCode::NotADatabase
+                    || msg.as_deref().is_some_and(|m| m.starts_with("no such table")) =>
             {
-                return Err(JournalError::NotAJournal(path.to_owned()))
-            }
-            Err(rusqlite::Error::SqliteFailure(..)) => {
                 return Err(JournalError::NotAJournal(path.to_owned()))
             }
             Err(e) => return Err(sq(e)),
