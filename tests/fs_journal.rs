@@ -389,3 +389,56 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     let out = run(&["journal", "replay", "--journal", j, "--blobs", missing.to_str().unwrap(), "--to", s.path("r").to_str().unwrap()]);
     assert!(!out.status.success() && !s.path("r").exists());
 }
+
+#[test]
+fn a_full_journal_disk_stops_changes_instead_of_losing_them() {
+    let s = Scratch::new();
+    let jdir = s.path("journal-fs");
+    std::fs::create_dir(&jdir).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "drift-test", jdir.to_str().unwrap()]).status().unwrap();
+    assert!(st.success(), "mounting a small tmpfs for the journal");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(jdir.clone());
+    let journal = jdir.join("journal.db");
+    let m = MountProc::start(&s.backing, &s.mnt, &journal, &[]);
+    std::fs::create_dir(s.mnt.join("before")).unwrap();
+    // Fill the journal's filesystem.
+    let _ = Command::new("dd").args(["if=/dev/zero", &format!("of={}", jdir.join("filler").display()), "bs=64k"]).stderr(std::process::Stdio::null()).status();
+    let mut failed_at = None;
+    for i in 0..5000 {
+        if let Err(e) = std::fs::create_dir(s.mnt.join(format!("d{i}"))) {
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+            failed_at = Some(i);
+            break;
+        }
+    }
+    let n = failed_at.expect("the journal's disk filled up");
+    // From now on nothing changes: every change is refused, nothing lands.
+    for (what, r) in [
+        ("mkdir", std::fs::create_dir(s.mnt.join("after"))),
+        ("create", std::fs::write(s.mnt.join("after.txt"), b"x")),
+        ("rmdir", std::fs::remove_dir(s.mnt.join("before"))),
+    ] {
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO), "{what}");
+    }
+    assert!(!s.backing.join("after").exists() && !s.backing.join("after.txt").exists());
+    assert!(s.backing.join("before").is_dir());
+    // Reads still work.
+    assert!(std::fs::read_dir(&s.mnt).unwrap().count() >= n);
+    drop(m);
+    // Every entry that made it is intact, and verify names the one
+    // directory whose mkdir hit the full disk.
+    std::fs::remove_file(jdir.join("filler")).unwrap();
+    let got = entries(&journal, 0);
+    assert_eq!(got.len(), n + 1, "before + d0..d{}", n - 1);
+    let v = run(&["journal", "verify", "--journal", journal.to_str().unwrap(), "--backing", s.backing.to_str().unwrap()]);
+    assert_eq!(v.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains(&format!("/d{n}: directory not in the journal")), "{text}");
+}
