@@ -13,8 +13,8 @@
 //! - [`tree`]: BLAKE3 subtree arithmetic that lets one hash per frame serve
 //!   both the MAC and the whole-file check.
 //! - File layer and control layer: [`send`] (queue, batches, N connection
-//!   processors, resend on a dead connection) and [`recv`] (sessions, mmap
-//!   segments, resume state, commit), with [`hook`] for inspection and
+//!   processors, resend on a dead connection) and [`recv`] (sessions,
+//!   frames written in place with positioned writes, resume state, commit), with [`hook`] for inspection and
 //!   [`paths`] for name safety.
 //! - [`cli`]: the `drift xfer` command.
 //!
@@ -72,8 +72,8 @@
 //! Offer{name, size, mode, mtime, frame size} ──▶ open/resume STATE/<key>.part
 //!                                  ◀──      OfferReply{bitmap of frames held} | refusal
 //! Data{file, offset} × missing frames,
-//!   spread over all connections   ──▶      claim frame, read into the mmap segment,
-//!                                          check MAC, mark held
+//!   spread over all connections   ──▶      claim frame, read into a buffer, check MAC,
+//!                                          pwrite at its offset, mark held
 //!                                  ◀──      Ack{seq}  (after every frame)
 //! Commit{BLAKE3} once every frame is acked ──▶ assemble BLAKE3 from frame CVs,
 //!                                          compare, inspection hook, chmod/utime,
@@ -103,10 +103,8 @@
 //!   sees them. Run it inside a VPN or on a trusted network when contents
 //!   are secret.
 //! - Not protected: traffic analysis, and denial of service by someone who
-//!   can cut or flood the connections. An attacker on the path can make the
-//!   receiver write garbage into *not yet held* regions of a part file
-//!   before the MAC check rejects the frame; such regions are never marked
-//!   held and never reach a final name.
+//!   can cut or flood the connections. A frame reaches the part file only
+//!   after its MAC checked.
 //! - A peer with the key is trusted with the receiving directory (names
 //!   cannot escape it, see [`paths`], but it can fill it).
 //!

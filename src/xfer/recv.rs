@@ -4,32 +4,44 @@
 //! # Staging and resume
 //! A large file is assembled in `STATE_DIR/<key>.part`, where `<key>` hashes
 //! the sender's name, size, mtime and frame size, so the same file offered
-//! again (after a crash on either side) finds its part file. Beside it,
-//! `<key>.held` lists the frames held and their chaining values; it is
-//! rewritten every few frames and when a connection ends. On resume every
-//! listed frame is hashed again from the part file and dropped if it does
-//! not match, so a torn write or a lost page is re-sent, not trusted.
+//! again (after a crash on either side) finds its part file. A fresh part
+//! gets its full size with its blocks allocated up front (`fallocate`,
+//! sparse where unsupported; see `preallocate`). Beside it, `<key>.held`
+//! lists the frames held and their chaining values: one 33-byte record per
+//! frame, written in place (`pwrite` at the record's offset) as soon as the
+//! frame is in the part file. On resume every listed frame is read and
+//! hashed again from the part file and dropped if it does not match, so a
+//! torn write or a lost page is re-sent, not trusted.
 //!
 //! # Concurrency
 //! Frames of one file arrive on any connection. Each frame owns a disjoint
-//! segment of one shared `MmapRaw` of the part file; a connection claims a
-//! frame with a compare-and-swap on its state byte (empty → writing) and
-//! reads the payload from the socket straight into the segment. No lock
-//! guards the file: the claim is the exclusion, and a frame already held or
-//! being written by another connection (a resend) is read into scratch and
-//! dropped.
+//! region of the part file; a connection claims a frame with a
+//! compare-and-swap on its state byte (empty → writing), reads the payload
+//! from the socket into its own buffer, checks the MAC, and writes the
+//! region with one positioned write (`pwrite`). No lock of ours guards the
+//! file: the claim is the exclusion, writes at distinct offsets need no
+//! order, and a frame already held or being written by another connection
+//! (a resend) is read, checked and dropped.
+//!
+//! Frames used to be received straight into a shared memory map of the part
+//! file (no buffer copy). On ext4 that path page-faults every 4 KiB of a
+//! fresh file (zero-fill, block reservation), and it stalled for seconds
+//! in runs that followed another; the positioned write is faster on this
+//! machine's ext4 and tmpfs alike, and only writes bytes whose MAC checked.
+//! (The kernel still takes the inode lock for each buffered write, so
+//! writes to one file do not overlap inside ext4; at 1 MiB frames that
+//! costs little.) Measurements: BENCHMARKS.md, `## drift xfer`.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use memmap2::{MmapOptions, MmapRaw};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -52,14 +64,13 @@ pub const MAX_PAYLOAD: u32 = (tree::MAX_FRAME + (1 << 20)) as u32;
 /// per frame); a bigger file needs a bigger frame size.
 const MAX_FRAMES: u64 = 1 << 22;
 
-/// Rewrite a part's `.held` list after this many newly held bytes.
-const PERSIST_EVERY_BYTES: u64 = 16 << 20;
-
 const EMPTY: u8 = 0;
 const WRITING: u8 = 1;
 const HELD: u8 = 2;
 
 const HELD_MAGIC: &[u8; 8] = b"DXHELD01";
+/// Magic, file size, frame size; then one 33-byte record per frame.
+const HELD_HEADER: u64 = 24;
 
 pub struct RecvConfig {
     /// Where files land.
@@ -365,22 +376,22 @@ async fn serve_frames(
                 .is_ok()
             {
                 let mut claim = Claim { file: &file, index, done: false };
-                // SAFETY: the claim makes this connection the only writer of
-                // this frame's bytes, which no other frame overlaps; the map
-                // lives as long as `file`.
-                let segment = unsafe { file.segment(h.offset, h.len as usize) };
-                prefault(segment);
-                reader.payload(&h, segment).await?;
-                let cv = tree::subtree_cv(h.offset, segment);
+                // The claim makes this connection the only writer of this
+                // frame's bytes, which no other frame overlaps.
+                let buf = frame_buf(&mut scratch, h.len as usize);
+                reader.payload(&h, buf).await?;
+                let cv = tree::subtree_cv(h.offset, buf);
                 reader.finish(&raw, &h, &cv).await?;
+                // Only bytes whose MAC checked reach the part file.
+                file.write_frame(h.offset, buf)?;
                 claim.done = true;
                 drop(claim);
                 file.mark_held(index, cv);
                 session.bytes.fetch_add(h.len as u64, Ordering::Relaxed);
             } else {
-                scratch.resize(h.len as usize, 0);
-                reader.payload(&h, &mut scratch).await?;
-                let cv = tree::subtree_cv(h.offset, &scratch);
+                let buf = frame_buf(&mut scratch, h.len as usize);
+                reader.payload(&h, buf).await?;
+                let cv = tree::subtree_cv(h.offset, buf);
                 reader.finish(&raw, &h, &cv).await?;
                 debug!(file = h.file_id, index, "duplicate frame ignored");
             }
@@ -433,21 +444,13 @@ async fn serve_frames(
     }
 }
 
-/// Maps the pages of a fresh segment in one call instead of one page
-/// fault per 4 KiB while the socket copies into it; on loopback the faults
-/// otherwise cost as much as the copy. Best effort: kernels before 5.14
-/// lack MADV_POPULATE_WRITE and simply fault as usual.
-fn prefault(segment: &mut [u8]) {
-    const MADV_POPULATE_WRITE: libc::c_int = 23;
-    let page = 4096usize;
-    let start = segment.as_mut_ptr() as usize;
-    let aligned = start & !(page - 1);
-    let len = segment.len() + (start - aligned);
-    // SAFETY: the range covers only pages of our own live mapping; the
-    // advice does not change their contents.
-    unsafe {
-        libc::madvise(aligned as *mut libc::c_void, len, MADV_POPULATE_WRITE);
+/// The connection's frame buffer, grown to `len` bytes (it is reused, so
+/// zeroing happens once per connection, not per frame).
+fn frame_buf(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
     }
+    &mut buf[..len]
 }
 
 /// A large file being assembled.
@@ -460,16 +463,14 @@ struct Incoming {
     mode: u32,
     mtime: (i64, u32),
     file: File,
-    map: MmapRaw,
     state: Box<[AtomicU8]>,
     cvs: Box<[OnceLock<[u8; 32]>]>,
     held: AtomicU64,
     held_bytes: AtomicU64,
-    persisted_bytes: AtomicU64,
-    persist_lock: Mutex<()>,
-    /// Set once the part is renamed into place or discarded: nothing left
-    /// to persist.
-    finished: AtomicBool,
+    /// The `.held` list, updated in place one record per frame; `None`
+    /// when it could not be created (the transfer then works without
+    /// resume state).
+    held_file: Option<File>,
     busy: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
@@ -490,27 +491,46 @@ impl Incoming {
         Ok(index as usize)
     }
 
-    /// # Safety
-    /// The caller must hold the claim on the frame covering exactly this
-    /// range (checked by `check_placement`).
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn segment(&self, offset: u64, len: usize) -> &mut [u8] {
-        std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(offset as usize), len)
+    /// Writes a verified frame at its offset. Frames are disjoint, so
+    /// connections write concurrently without a lock.
+    fn write_frame(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| XferError::io(format!("writing {}", self.part.display()), e))
     }
 
-    fn slice(&self, offset: u64, len: usize) -> &[u8] {
-        // SAFETY: only called on held frames (no writer) or after all
-        // frames are held.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(offset as usize), len) }
+    /// Reads `len` bytes at `offset` of the part file into `buf`.
+    fn read_at<'b>(&self, buf: &'b mut Vec<u8>, offset: u64, len: usize) -> io::Result<&'b [u8]> {
+        let b = frame_buf(buf, len);
+        self.file.read_exact_at(b, offset)?;
+        Ok(b)
     }
 
     fn mark_held(&self, index: usize, cv: [u8; 32]) {
         let _ = self.cvs[index].set(cv);
         self.state[index].store(HELD, Ordering::Release);
         self.held.fetch_add(1, Ordering::AcqRel);
-        let bytes = self.held_bytes.fetch_add(tree::frame_len(self.size, self.frame_size, index as u64), Ordering::AcqRel);
-        if bytes.saturating_sub(self.persisted_bytes.load(Ordering::Acquire)) >= PERSIST_EVERY_BYTES {
-            self.persist();
+        self.held_bytes.fetch_add(tree::frame_len(self.size, self.frame_size, index as u64), Ordering::AcqRel);
+        self.record(index, Some(&cv));
+    }
+
+    /// Writes frame `index`'s record of the `.held` list in place: one
+    /// small `pwrite` at the record's own offset, so connections never
+    /// contend and nothing is renamed, truncated or freed. (It used to be
+    /// rewritten to a temporary and renamed over the old list every 16 MiB;
+    /// on a filesystem mounted with `discard` and no journal, freeing the
+    /// replaced list's blocks issues a synchronous discard that blocked the
+    /// runtime thread for up to tens of ms each time.) A record torn by a
+    /// crash is harmless: every listed frame is hashed again on resume.
+    fn record(&self, index: usize, cv: Option<&[u8; 32]>) {
+        let Some(held) = &self.held_file else { return };
+        let mut rec = [0u8; 33];
+        if let Some(cv) = cv {
+            rec[0] = 1;
+            rec[1..].copy_from_slice(cv);
+        }
+        if let Err(e) = held.write_all_at(&rec, HELD_HEADER + index as u64 * 33) {
+            warn!(file = %self.name.display(), "could not save resume state: {e}");
         }
     }
 
@@ -524,41 +544,8 @@ impl Incoming {
         map
     }
 
-    /// Writes the `.held` list (atomically, by rename). Skipped when
-    /// another connection is already at it: it will write a newer one.
-    fn persist(&self) {
-        let Ok(_guard) = self.persist_lock.try_lock() else { return };
-        if self.finished.load(Ordering::Acquire) {
-            return;
-        }
-        let bytes_now = self.held_bytes.load(Ordering::Acquire);
-        let mut out = Vec::with_capacity(24 + self.state.len() * 33);
-        out.extend_from_slice(HELD_MAGIC);
-        out.extend_from_slice(&self.size.to_le_bytes());
-        out.extend_from_slice(&self.frame_size.to_le_bytes());
-        for (i, s) in self.state.iter().enumerate() {
-            match (s.load(Ordering::Acquire), self.cvs[i].get()) {
-                (HELD, Some(cv)) => {
-                    out.push(1);
-                    out.extend_from_slice(cv);
-                }
-                _ => {
-                    out.push(0);
-                    out.extend_from_slice(&[0u8; 32]);
-                }
-            }
-        }
-        let tmp = self.held_path.with_extension("held.tmp");
-        let r = std::fs::write(&tmp, &out).and_then(|_| std::fs::rename(&tmp, &self.held_path));
-        match r {
-            Ok(()) => self.persisted_bytes.store(bytes_now, Ordering::Release),
-            Err(e) => warn!(file = %self.name.display(), "could not save resume state: {e}"),
-        }
-    }
-
     /// Deletes the part and its state (after a hash mismatch or refusal).
     fn discard(&self) {
-        self.finished.store(true, Ordering::Release);
         let _ = std::fs::remove_file(&self.part);
         let _ = std::fs::remove_file(&self.held_path);
     }
@@ -566,9 +553,6 @@ impl Incoming {
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        if !self.finished.load(Ordering::Acquire) {
-            self.persist();
-        }
         self.busy
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -657,24 +641,30 @@ fn open_incoming(inner: &Inner, offer: &Offer) -> Result<Incoming> {
         inner.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&part);
     };
     let result = (|| {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&part)
-            .map_err(|e| XferError::io(format!("opening {}", part.display()), e))?;
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&part)
+                .map_err(|e| XferError::io(format!("opening {}", part.display()), e))
+        };
+        let mut file = open()?;
         let had = file.metadata().map(|m| m.len()).unwrap_or(0);
         let previous = if had == offer.size { load_held(&held_path, offer) } else { None };
         if previous.is_none() {
-            file.set_len(0)
-                .and_then(|_| file.set_len(offer.size))
-                .map_err(|e| XferError::io(format!("sizing {}", part.display()), e))?;
+            if had != 0 {
+                // A stale part: start over on a new inode rather than
+                // truncating this one (ext4 flushes a file that was
+                // truncated to zero when it is closed, see `preallocate`).
+                drop(file);
+                std::fs::remove_file(&part).map_err(|e| XferError::io(format!("removing stale {}", part.display()), e))?;
+                file = open()?;
+            }
+            preallocate(&file, offer.size).map_err(|e| XferError::io(format!("allocating {} bytes for {}", offer.size, part.display()), e))?;
         }
-        let map = MmapOptions::new()
-            .len(offer.size as usize)
-            .map_raw(&file)
-            .map_err(|e| XferError::io(format!("mapping {}", part.display()), e))?;
+        let held_file = open_held(&held_path, offer, frames, previous.is_some(), &name);
         let state: Box<[AtomicU8]> = (0..frames).map(|_| AtomicU8::new(EMPTY)).collect();
         let cvs: Box<[OnceLock<[u8; 32]>]> = (0..frames).map(|_| OnceLock::new()).collect();
         let f = Incoming {
@@ -686,33 +676,34 @@ fn open_incoming(inner: &Inner, offer: &Offer) -> Result<Incoming> {
             mode: offer.meta.mode,
             mtime: (offer.meta.mtime_s, offer.meta.mtime_ns),
             file,
-            map,
             state,
             cvs,
             held: AtomicU64::new(0),
             held_bytes: AtomicU64::new(0),
-            persisted_bytes: AtomicU64::new(0),
-            persist_lock: Mutex::new(()),
-            finished: AtomicBool::new(false),
+            held_file,
             busy: inner.busy.clone(),
         };
         if let Some(prev) = previous {
             let (mut kept, mut dropped) = (0u64, 0u64);
+            let mut buf = Vec::new();
             for (i, cv) in prev.into_iter().enumerate() {
                 let Some(cv) = cv else { continue };
                 let off = i as u64 * offer.frame_size;
                 let len = tree::frame_len(offer.size, offer.frame_size, i as u64);
-                if tree::subtree_cv(off, f.slice(off, len as usize)) == cv {
+                let data = f
+                    .read_at(&mut buf, off, len as usize)
+                    .map_err(|e| XferError::io(format!("reading {}", part.display()), e))?;
+                if tree::subtree_cv(off, data) == cv {
                     let _ = f.cvs[i].set(cv);
                     f.state[i].store(HELD, Ordering::Release);
                     f.held.fetch_add(1, Ordering::AcqRel);
                     f.held_bytes.fetch_add(len, Ordering::AcqRel);
                     kept += 1;
                 } else {
+                    f.record(i, None);
                     dropped += 1;
                 }
             }
-            f.persisted_bytes.store(f.held_bytes.load(Ordering::Acquire), Ordering::Release);
             info!(file = %name.display(), kept, dropped, "resuming from frames already held");
         }
         Ok(f)
@@ -721,6 +712,59 @@ fn open_incoming(inner: &Inner, offer: &Offer) -> Result<Incoming> {
         release();
     }
     result
+}
+
+/// Gives a fresh part file its full size, with its blocks allocated up front
+/// where the filesystem can (`fallocate`), else as a sparse file.
+///
+/// Allocating up front matters on ext4 with delayed allocation: frames
+/// written into a hole leave blocks to allocate at writeback, and when the
+/// part is closed after its rename ext4 may flush the whole file from
+/// `close` (its `auto_da_alloc` heuristic, armed by a truncate to zero),
+/// which took seconds while the previous run's data was still being
+/// written back or discarded. With the blocks allocated (as unwritten
+/// extents) there is nothing for `close` to allocate, and a full disk is
+/// found at the offer instead of midway.
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a plain syscall on a descriptor we own; no memory is passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Not supported by this filesystem: a sparse file works too.
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => file.set_len(size),
+        // ENOSPC and the like: refuse the offer now rather than fail midway.
+        _ => Err(e),
+    }
+}
+
+/// Opens the `.held` list for in-place updates: the existing one when
+/// resuming, else a fresh one (header, then zero records as a hole).
+/// Failure only costs the ability to resume, so it is logged, not fatal.
+fn open_held(path: &Path, offer: &Offer, frames: u64, resuming: bool, name: &Path) -> Option<File> {
+    let r = (|| {
+        if resuming {
+            return OpenOptions::new().write(true).open(path);
+        }
+        let f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        let mut header = Vec::with_capacity(HELD_HEADER as usize);
+        header.extend_from_slice(HELD_MAGIC);
+        header.extend_from_slice(&offer.size.to_le_bytes());
+        header.extend_from_slice(&offer.frame_size.to_le_bytes());
+        f.write_all_at(&header, 0)?;
+        f.set_len(HELD_HEADER + frames * 33)?;
+        Ok(f)
+    })();
+    match r {
+        Ok(f) => Some(f),
+        Err(e) => {
+            warn!(file = %name.display(), "could not save resume state: {e}");
+            None
+        }
+    }
 }
 
 /// Reads a `.held` list that matches the offer; `None` if absent or stale.
@@ -791,7 +835,11 @@ fn commit(inner: &Inner, f: &Incoming, expected: [u8; 32]) -> Outcome {
         return Outcome::Failed(format!("{} of {} frames missing at commit", f.frames() - held, f.frames()));
     }
     let root = if f.frames() == 1 {
-        blake3::hash(f.slice(0, f.size as usize))
+        // One frame: its chaining value is not the root; hash it again.
+        match f.read_at(&mut Vec::new(), 0, f.size as usize) {
+            Ok(data) => blake3::hash(data),
+            Err(e) => return Outcome::Failed(format!("reading {}: {e}", f.part.display())),
+        }
     } else {
         let cvs: Option<Vec<[u8; 32]>> = f.cvs.iter().map(|c| c.get().copied()).collect();
         let Some(cvs) = cvs else {
@@ -819,14 +867,8 @@ fn commit(inner: &Inner, f: &Incoming, expected: [u8; 32]) -> Outcome {
             return Outcome::Refused(why);
         }
     }
-    match place(inner, &f.name, &f.part, &f.file, f.mode, f.mtime, || {
-        if inner.cfg.fsync {
-            f.map.flush()?;
-        }
-        Ok(())
-    }) {
+    match place(inner, &f.name, &f.part, &f.file, f.mode, f.mtime) {
         Ok(()) => {
-            f.finished.store(true, Ordering::Release);
             let _ = std::fs::remove_file(&f.held_path);
             Outcome::Ok
         }
@@ -842,10 +884,8 @@ fn place(
     file: &File,
     mode: u32,
     mtime: (i64, u32),
-    flush: impl FnOnce() -> io::Result<()>,
 ) -> Result<()> {
     let ctx = |what: &str| format!("{what} {}", name.display());
-    flush().map_err(|e| XferError::io(ctx("flushing"), e))?;
     file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
         .map_err(|e| XferError::io(ctx("setting the mode of"), e))?;
     file.set_modified(to_system_time(mtime))
@@ -965,7 +1005,7 @@ fn batch_entry(inner: &Inner, session: &Session, e: &Entry<'_>) -> Result<Outcom
                         return Ok(Outcome::Refused(why));
                     }
                 }
-                place(inner, &name, &tmp, &file, meta.mode, (meta.mtime_s, meta.mtime_ns), || Ok(()))?;
+                place(inner, &name, &tmp, &file, meta.mode, (meta.mtime_s, meta.mtime_ns))?;
                 Ok(Outcome::Ok)
             })();
             if !matches!(result, Ok(Outcome::Ok)) {
