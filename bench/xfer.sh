@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# drift xfer against cp, rsync (daemon mode) and curl → vsftpd, on loopback,
-# in one run; then drift xfer across two network namespaces joined by a
-# veth pair shaped with tc netem, with 1 to 8 streams.
+# drift xfer against a local copy, rsync (daemon mode) and curl → vsftpd,
+# on loopback, in one run; then drift xfer across two network namespaces
+# joined by a veth pair shaped with tc netem, with 1 to 8 streams.
 #
 #   sudo bench/xfer.sh                 # everything
 #   RUNS=5 sudo bench/xfer.sh          # more repetitions (median is printed)
 #   SKIP_NETEM=1 bench/xfer.sh         # loopback only
 #   NETEM="rate 1gbit delay 20ms" ...  # the shaping applied on both veth ends
+#   BENCH_DIR=/dev/shm ...             # where data and destinations live
+#                                      # (default /var/tmp: the disk)
+#   SETTLE=3 ...                       # seconds of quiet before each timing
+#
+# Fairness: every timed run (every tool) starts from an empty destination
+# after the previous run's files were deleted, `sync` ran and SETTLE
+# seconds passed, so no run pays for another's writeback or deletion (on a
+# filesystem mounted with `discard` a delete issues discards). Tools are
+# interleaved run by run (cp, drift, rsync, ftp, cp, drift, ...) so a burst
+# of load from others on the machine hits all of them alike. The local
+# limit is `cp --reflink=never` (a plain read/write copy; a bare `cp` may
+# clone the file on this filesystem and copy nothing).
 #
 # Needs root (namespaces, vsftpd), rsync, vsftpd, curl, iproute2.
 # All traffic stays on 127.0.0.1 or inside the namespaces it creates; the
@@ -25,7 +37,8 @@ echo "== building release"
 (cd "$here" && cargo build --release --quiet)
 drift="$CARGO_TARGET_DIR/release/drift"
 
-work=$(mktemp -d "${BENCH_DIR:-/tmp}/drift-xfer-bench.XXXXXX")
+SETTLE=${SETTLE:-3}
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/drift-xfer-bench.XXXXXX")
 pids=()
 ns1=dxb1-$$
 ns2=dxb2-$$
@@ -128,9 +141,12 @@ wait_port "$xport"; wait_port "$rport"; wait_port "$fport"
 # Each run starts from an empty destination; the page cache is left warm
 # for the source (all tools read the same cached data) and writes are not
 # fsynced (none of the tools fsyncs by default).
-clear_dst() { rm -rf "$work/dst/$1"/* "$work/ftproot/up"/* 2>/dev/null || true; sync; }
+clear_dst() {
+  rm -rf "$work/dst/$1"/* "$work/ftproot/up"/* 2>/dev/null || true
+  sync; sleep "$SETTLE"
+}
 
-run_cp()     { cp -r "$1" "$work/dst/cp/"; }
+run_cp()     { cp -r --reflink=never "$1" "$work/dst/cp/"; }
 run_drift()  { "$drift" --log warn xfer send --to 127.0.0.1:$xport --key "$work/key" --streams "$STREAMS" "$1" >/dev/null; }
 run_rsync()  { rsync -a --whole-file "$1" rsync://127.0.0.1:$rport/dst/; }
 run_ftp() {
@@ -142,24 +158,30 @@ run_ftp() {
   (cd "$base" && curl -sS --ftp-create-dirs --ftp-pasv -K "$work/curl.cfg")
 }
 
-declare -A result
-bench() { # bench NAME TOOL SRC BYTES
-  local name=$1 tool=$2 src=$3 bytes=$4 t=()
+declare -A result times
+tools=(cp drift rsync ftp)
+bench() { # bench NAME SRC BYTES: RUNS rounds, each tool once per round
+  local name=$1 src=$2 bytes=$3 tool
   for _ in $(seq "$RUNS"); do
-    mkdir -p "$work/dst/cp"
-    clear_dst "$tool"
-    local a b; a=$(now); "run_$tool" "$src"; b=$(now)
-    t+=("$(echo "$b - $a" | bc -l)")
+    for tool in "${tools[@]}"; do
+      mkdir -p "$work/dst/cp"
+      clear_dst "$tool"
+      local a b; a=$(now); "run_$tool" "$src"; b=$(now)
+      times[$name.$tool]+=" $(echo "$b - $a" | bc -l)"
+    done
   done
-  local med; med=$(printf '%s\n' "${t[@]}" | median)
-  result[$name.$tool]=$med
-  printf '%-6s %-6s median %7.3f s  %8.1f MB/s   runs: %s\n' "$name" "$tool" "$med" \
-    "$(echo "$bytes / $med / 1000000" | bc -l)" "${t[*]}"
+  for tool in "${tools[@]}"; do
+    local med; med=$(printf '%s\n' ${times[$name.$tool]} | median)
+    result[$name.$tool]=$med
+    printf '%-6s %-6s median %7.3f s  %8.1f MB/s   runs:%s\n' "$name" "$tool" "$med" \
+      "$(echo "$bytes / $med / 1000000" | bc -l)" "${times[$name.$tool]}"
+  done
 }
 
-echo "== loopback, $RUNS runs each, drift with $STREAMS streams"
-for tool in cp drift rsync ftp; do bench big "$tool" "$work/src/big.bin" "$big_bytes"; done
-for tool in cp drift rsync ftp; do bench tree "$tool" "$work/src/tree" "$tree_bytes"; done
+echo "== loopback into $work ($(stat -f -c %T "$work")), $RUNS runs each, drift with $STREAMS streams, sync + ${SETTLE}s before each run"
+echo "   (cp = cp --reflink=never, the local limit)"
+bench big "$work/src/big.bin" "$big_bytes"
+bench tree "$work/src/tree" "$tree_bytes"
 
 # The last drift tree run must have delivered the same tree.
 clear_dst drift; run_drift "$work/src/tree"
@@ -211,7 +233,7 @@ declare -A net
 for n in 1 2 4 8; do
   t=()
   for _ in $(seq "$RUNS"); do
-    rm -rf "$work/dst/net"/*
+    rm -rf "$work/dst/net"/*; sync; sleep "$SETTLE"
     a=$(now)
     ip netns exec "$ns1" "$drift" --log warn xfer send --to 10.203.0.2:7070 --key "$work/key" --streams "$n" "$work/src/net.bin" >/dev/null
     b=$(now)

@@ -297,6 +297,55 @@ fn xfer_receiver_killed_mid_transfer_resumes_without_resending() {
     assert!(held_frames(&state).is_none(), "resume state left behind after commit");
 }
 
+#[test]
+fn xfer_resume_rehashes_held_frames_and_resends_a_damaged_one() {
+    let t = tempfile::tempdir().unwrap();
+    let key = keygen(t.path(), "k");
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let size = 64usize << 20;
+    write_random(&src.join("blob"), size, 6);
+    let out = t.path().join("out");
+    let state = t.path().join("state");
+
+    let mut recv = Recv::start(&key, &out, &["--state-dir", state.to_str().unwrap()]);
+    let to = recv.to();
+    let k2 = key.clone();
+    let s2 = src.join("blob");
+    let sender = std::thread::spawn(move || send(&k2, &to, &["--streams", "2", "--frame-size", "1M", "--max-rate", "12M"], &[&s2]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held_frames(&state).is_none_or(|(_, n)| n < 8) {
+        assert!(Instant::now() < deadline, "no resume state appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    recv.child.kill().unwrap();
+    recv.child.wait().unwrap();
+    assert!(!sender.join().unwrap().status.success());
+    let (held_path, held_at_kill) = held_frames(&state).unwrap();
+    // Damage the first held frame in the part file: its record still says
+    // held, its bytes no longer match.
+    let list = std::fs::read(&held_path).unwrap();
+    let first = list[24..].chunks(33).position(|c| c[0] == 1).unwrap();
+    let part = held_path.with_extension("part");
+    let mut bytes = std::fs::read(&part).unwrap();
+    bytes[(first << 20) + 12345] ^= 0x40;
+    std::fs::write(&part, &bytes).unwrap();
+
+    let mut recv = Recv::start(&key, &out, &["--state-dir", state.to_str().unwrap(), "--once"]);
+    let r = send(&key, &recv.to(), &["--streams", "2", "--frame-size", "1M", "--json"], &[&src.join("blob")]);
+    assert!(r.status.success(), "resume failed: {}", text(&r.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(report["held_bytes"].as_u64().unwrap(), (held_at_kill - 1) << 20, "{report}");
+    assert_eq!(report["sent_bytes"].as_u64().unwrap(), size as u64 - ((held_at_kill - 1) << 20), "{report}");
+    assert!(recv.wait_exit(Duration::from_secs(30)).success());
+    assert!(recv.wait_stderr("dropped=1", Duration::from_secs(5)));
+    assert_eq!(
+        blake3::hash(&std::fs::read(out.join("blob")).unwrap()),
+        blake3::hash(&std::fs::read(src.join("blob")).unwrap())
+    );
+    assert!(held_frames(&state).is_none(), "resume state left behind after commit");
+}
+
 /// A tree for the rejection tests, and a receiving directory that already
 /// holds an older `data/file` the transfer would overwrite.
 fn rejection_setup(t: &Path) -> (PathBuf, PathBuf, PathBuf, String) {
