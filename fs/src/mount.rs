@@ -7,7 +7,6 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::fs::DriftFs;
-use crate::hints::ContentHints;
 use crate::journal::{Change, Journal, JournalError, Op, SyncMode};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +69,6 @@ impl MountConfig {
 pub struct Mount {
     session: Option<fuser::BackgroundSession>,
     journal: Arc<Journal>,
-    hints: Arc<ContentHints>,
     mountpoint: PathBuf,
 }
 
@@ -181,8 +179,7 @@ impl Mount {
             record_baseline(&journal, &backing)?;
         }
 
-        let hints = Arc::new(ContentHints::default());
-        let fs = DriftFs::new(backing.clone(), journal.clone(), hints.clone(), cfg.sync, cfg.passthrough);
+        let fs = DriftFs::new(backing.clone(), journal.clone(), cfg.sync, cfg.passthrough);
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName(format!("drift:{}", backing.display())),
@@ -201,17 +198,11 @@ impl Mount {
         let session = fuser::spawn_mount(fs, &mountpoint, &config)
             .map_err(|source| FsError::Mount { path: mountpoint.clone(), source })?;
         info!(backing = %backing.display(), mountpoint = %mountpoint.display(), journal = %cfg.journal.display(), "mounted");
-        Ok(Mount { session: Some(session), journal, hints, mountpoint })
+        Ok(Mount { session: Some(session), journal, mountpoint })
     }
 
     pub fn journal(&self) -> Arc<Journal> {
         self.journal.clone()
-    }
-
-    /// Where an in-process writer offers the hashes of files it wrote
-    /// (see [`ContentHints`]), sparing the read-back at release.
-    pub fn content_hints(&self) -> Arc<ContentHints> {
-        self.hints.clone()
     }
 
     pub fn mountpoint(&self) -> &Path {

@@ -57,11 +57,6 @@ pub trait CommitLog: Send + Sync + Debug {
     /// starting with `/`) is appended after `after`, or `timeout` passes.
     /// Returns whether it appeared.
     fn wait_written(&self, after: u64, path: &str, timeout: Duration) -> io::Result<bool>;
-    /// Offers the BLAKE3 of an upload the node hashed while writing it, so
-    /// the filesystem need not read the file back before journaling it.
-    /// Called just before the file is closed; the filesystem checks the
-    /// offer could not be wrong before it uses it.
-    fn offer(&self, path: &str, size: u64, hash: blake3::Hash);
 }
 
 /// What every session's backend shares.
@@ -391,49 +386,12 @@ impl StorageBackend<NodeUser> for DriftStorage {
         // Written blocks come back for reuse: no allocation or zeroing of
         // a fresh block per chunk.
         let (pool_tx, mut pool_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH + 2);
-        // A whole-file upload is hashed on its own thread as it is
-        // written, and the hash offered to drift-fs before the close: the
-        // 226 then waits for a journal append, not for a read of the file.
-        let offer_to = match (&self.ctx.commit, start_pos) {
-            (Some(c), 0) => Some((c.clone(), journal_path.clone())),
-            _ => None,
-        };
         let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut pos = start_pos;
-            let (hash_tx, hasher) = match offer_to {
-                Some(_) => {
-                    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
-                    let pool = pool_tx.clone();
-                    let hasher = std::thread::spawn(move || {
-                        let mut h = blake3::Hasher::new();
-                        for block in rx {
-                            h.update(&block);
-                            let _ = pool.try_send(block);
-                        }
-                        h.finalize()
-                    });
-                    (Some(tx), Some(hasher))
-                }
-                None => (None, None),
-            };
             while let Some(block) = rx.blocking_recv() {
                 file.write_all_at(&block, pos)?;
                 pos += block.len() as u64;
-                match &hash_tx {
-                    Some(tx) => {
-                        if tx.send(block).is_err() {
-                            return Err(io::Error::other("upload hasher stopped"));
-                        }
-                    }
-                    None => {
-                        let _ = pool_tx.try_send(block);
-                    }
-                }
-            }
-            drop(hash_tx);
-            if let (Some((commit, path)), Some(hasher)) = (offer_to, hasher) {
-                let hash = hasher.join().map_err(|_| io::Error::other("upload hasher panicked"))?;
-                commit.offer(&path, pos, hash);
+                let _ = pool_tx.try_send(block);
             }
             if fsync {
                 let t = std::time::Instant::now();
