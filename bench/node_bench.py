@@ -143,6 +143,23 @@ def one_round(label, server, src, size, i, ups, downs):
     downs.append(size / t / 2**20)
     print(f"  {label:<22} run {i + 1}: upload {ups[-1]:8.1f} MiB/s   download {downs[-1]:8.1f} MiB/s", flush=True)
     os.remove(os.path.join(landing, name))
+    settle()
+
+
+def settle():
+    """Lets the deletion just made finish before the next timing. On this
+    disk (ext4 with `discard`) freeing 1 GiB takes a while, and for a file
+    written through the FUSE mount the kernel frees it only when it evicts
+    the inode that holds the passthrough backing file: unsettled, one
+    server's deletion lands in the next server's upload."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
+    time.sleep(1)
+    os.sync()
 
 
 def main():
