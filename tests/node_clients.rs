@@ -33,6 +33,26 @@ fn must(cmd: &mut Command) -> String {
 /// Checks the journal after a client session: exactly `expected`, except
 /// that the entry equal to `"PARTIAL <path>"` must be a write of a strict
 /// prefix of `big` (the interrupted upload).
+/// The journal every client's scenario leaves: upload a, mkdir d, upload
+/// d/b, rename it to d/c, delete it, rmdir d, (append to a,) an interrupted
+/// upload of big and its resumption.
+fn scenario_journal(a: &[u8], b: &[u8], big: &[u8], appended: Option<&[u8]>) -> Vec<String> {
+    let mut v = vec![
+        write_entry("/alice/a.bin", a),
+        "mkdir /alice/d".into(),
+        write_entry("/alice/d/b.bin", b),
+        "rename /alice/d/b.bin -> /alice/d/c.bin".into(),
+        "unlink /alice/d/c.bin".into(),
+        "rmdir /alice/d".into(),
+    ];
+    if let Some(appended) = appended {
+        v.push(write_entry("/alice/a.bin", appended));
+    }
+    v.push("PARTIAL /alice/big.bin".into());
+    v.push(write_entry("/alice/big.bin", big));
+    v
+}
+
 fn assert_journal(node: &TestNode, since: u64, expected: &[String], big: &[u8]) {
     let entries = node.journal_since(since);
     let got: Vec<String> = entries.iter().map(describe).collect();
@@ -121,21 +141,7 @@ fn curl_list_upload_download_resume_mkdir_rmdir_delete_rename() {
     must(curl(&node).args(["-C", "-", "-T"]).arg(w("big.bin")).arg(url(&node, "/big.bin")));
     assert_eq!(b3_file(&node.backing.join("alice/big.bin")), b3(&big), "resumed upload differs");
 
-    assert_journal(
-        &node,
-        since,
-        &[
-            write_entry("/alice/a.bin", &a),
-            "mkdir /alice/d".into(),
-            write_entry("/alice/d/b.bin", &b),
-            "rename /alice/d/b.bin -> /alice/d/c.bin".into(),
-            "unlink /alice/d/c.bin".into(),
-            "rmdir /alice/d".into(),
-            "PARTIAL /alice/big.bin".into(),
-            write_entry("/alice/big.bin", &big),
-        ],
-        &big,
-    );
+    assert_journal(&node, since, &scenario_journal(&a, &b, &big, None), &big);
 }
 
 fn lftp_args(node: &TestNode, script: &str) -> Vec<String> {
@@ -214,21 +220,7 @@ fn lftp_list_upload_download_resume_mkdir_rmdir_delete_rename() {
     must(&mut lftp(&node, &format!("put -c {} -o big.bin", w("big.bin"))));
     assert_eq!(b3_file(&node.backing.join("alice/big.bin")), b3(&big), "resumed upload differs");
 
-    assert_journal(
-        &node,
-        since,
-        &[
-            write_entry("/alice/a.bin", &a),
-            "mkdir /alice/d".into(),
-            write_entry("/alice/d/b.bin", &b),
-            "rename /alice/d/b.bin -> /alice/d/c.bin".into(),
-            "unlink /alice/d/c.bin".into(),
-            "rmdir /alice/d".into(),
-            "PARTIAL /alice/big.bin".into(),
-            write_entry("/alice/big.bin", &big),
-        ],
-        &big,
-    );
+    assert_journal(&node, since, &scenario_journal(&a, &b, &big, None), &big);
 }
 
 const FTPLIB_SCRIPT: &str = r#"
@@ -353,22 +345,7 @@ fn ftplib_list_upload_download_resume_mkdir_rmdir_delete_rename() {
     assert_eq!(b3_file(&node.backing.join("alice/a.bin")), b3(&a_appended));
 
     let b: Vec<u8> = b"hello ftplib\n".repeat(1000);
-    assert_journal(
-        &node,
-        since,
-        &[
-            write_entry("/alice/a.bin", &a),
-            "mkdir /alice/d".into(),
-            write_entry("/alice/d/b.bin", &b),
-            "rename /alice/d/b.bin -> /alice/d/c.bin".into(),
-            "unlink /alice/d/c.bin".into(),
-            "rmdir /alice/d".into(),
-            write_entry("/alice/a.bin", &a_appended),
-            "PARTIAL /alice/big.bin".into(),
-            write_entry("/alice/big.bin", &big),
-        ],
-        &big,
-    );
+    assert_journal(&node, since, &scenario_journal(&a, &b, &big, Some(&a_appended)), &big);
 }
 
 /// Architecture guarantee 2 at the node: the kernel releases a FUSE file

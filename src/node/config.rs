@@ -150,20 +150,21 @@ fn read(what: &'static str, path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+fn parse_toml<T: serde::de::DeserializeOwned>(what: &'static str, text: &str, path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Syntax { what, path: path.to_owned(), message: e.to_string() })
+}
+
+/// Makes the "invalid value" error for one file.
+fn invalid_in<'a>(what: &'static str, path: &'a Path) -> impl Fn(String) -> ConfigError + Copy + 'a {
+    move |problem| ConfigError::Invalid { what, path: path.to_owned(), problem }
+}
+
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         const WHAT: &str = "node config";
         let text = read(WHAT, path)?;
-        let raw: RawNode = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-            what: WHAT,
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        let invalid = |problem: String| ConfigError::Invalid {
-            what: WHAT,
-            path: path.to_owned(),
-            problem,
-        };
+        let raw: RawNode = parse_toml(WHAT, &text, path)?;
+        let invalid = invalid_in(WHAT, path);
         let base = path.parent().unwrap_or(Path::new("."));
         let s = raw.storage;
         let backing = resolve(base, &s.backing);
@@ -424,16 +425,8 @@ impl ServiceConfig {
     /// are resolved against `path`'s directory.
     pub fn parse(text: &str, path: &Path) -> Result<ServiceConfig, ConfigError> {
         const WHAT: &str = "service file";
-        let raw: RawService = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            what: WHAT,
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        let invalid = |problem: String| ConfigError::Invalid {
-            what: WHAT,
-            path: path.to_owned(),
-            problem,
-        };
+        let raw: RawService = parse_toml(WHAT, text, path)?;
+        let invalid = invalid_in(WHAT, path);
         let base = path.parent().unwrap_or(Path::new("."));
         let listen: SocketAddr = raw
             .listen
