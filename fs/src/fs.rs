@@ -577,16 +577,14 @@ impl DriftFs {
 
         // Journal. A truncation of an open file is part of that file's
         // write (journaled at release); of a closed file it is a write now.
-        let is_open = lock(&self.open).contains_key(&ino);
         if let Ok(rel) = &rel {
-            if size.is_some() {
-                if !(is_open && self.mark_dirty(ino)) {
-                    let f = match &handle {
-                        Some(h) => h.clone(),
-                        None => Arc::new(File::open(self.full(rel)).map_err(errno)?),
-                    };
-                    self.journal_write(rel, &f)?;
-                }
+            // mark_dirty is false when the file is not open.
+            if size.is_some() && !self.mark_dirty(ino) {
+                let f = match &handle {
+                    Some(h) => h.clone(),
+                    None => Arc::new(File::open(self.full(rel)).map_err(errno)?),
+                };
+                self.journal_write(rel, &f)?;
             }
             if mode.is_some() || mtime.is_some() {
                 let mut c = Change::new(Op::Attr, jpath(rel));
