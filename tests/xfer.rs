@@ -244,27 +244,36 @@ fn held_frames(state: &Path) -> Option<(PathBuf, u64)> {
     None
 }
 
-#[test]
-fn xfer_receiver_killed_mid_transfer_resumes_without_resending() {
-    let t = tempfile::tempdir().unwrap();
-    let key = keygen(t.path(), "k");
-    let src = t.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let size = 64usize << 20;
-    write_random(&src.join("blob"), size, 5);
-    let out = t.path().join("out");
-    let state = t.path().join("state");
+/// A 64 MiB send into a receiver with a state dir, rate-capped so it lasts
+/// a few seconds, and the receiver killed once it holds at least
+/// `min_held` frames. Returns the key, source file, output and state dirs
+/// and how many frames the dead receiver last recorded.
+struct Interrupted {
+    key: PathBuf,
+    blob: PathBuf,
+    out: PathBuf,
+    state: PathBuf,
+    held_at_kill: u64,
+}
 
-    // A rate cap makes "mid-transfer" last a few seconds.
+const INTERRUPTED_SIZE: usize = 64 << 20;
+
+fn interrupted_send(t: &Path, seed: u64, min_held: u64) -> Interrupted {
+    let key = keygen(t, "k");
+    let src = t.join("src");
+    std::fs::create_dir(&src).unwrap();
+    let blob = src.join("blob");
+    write_random(&blob, INTERRUPTED_SIZE, seed);
+    let out = t.join("out");
+    let state = t.join("state");
     let mut recv = Recv::start(&key, &out, &["--state-dir", state.to_str().unwrap()]);
     let to = recv.to();
-    let k2 = key.clone();
-    let s2 = src.join("blob");
-    let sender = std::thread::spawn(move || send(&k2, &to, &["--streams", "2", "--frame-size", "1M", "--max-rate", "12M"], &[&s2]));
+    let (k2, b2) = (key.clone(), blob.clone());
+    let sender = std::thread::spawn(move || send(&k2, &to, &["--streams", "2", "--frame-size", "1M", "--max-rate", "12M"], &[&b2]));
     let deadline = Instant::now() + Duration::from_secs(30);
     let held = loop {
         if let Some((_, n)) = held_frames(&state) {
-            if n >= 16 {
+            if n >= min_held {
                 break n;
             }
         }
@@ -273,15 +282,22 @@ fn xfer_receiver_killed_mid_transfer_resumes_without_resending() {
     };
     recv.child.kill().unwrap();
     recv.child.wait().unwrap();
-    let first = sender.join().unwrap();
-    assert!(!first.status.success(), "the first send cannot succeed");
+    assert!(!sender.join().unwrap().status.success(), "the first send cannot succeed");
     assert!(!out.join("blob").exists(), "a partial file appeared under its final name");
     // What the dead receiver last recorded is what it holds.
     let (_, held_at_kill) = held_frames(&state).unwrap();
     assert!(held_at_kill >= held && held_at_kill < 64, "held {held_at_kill}");
+    Interrupted { key, blob, out, state, held_at_kill }
+}
+
+#[test]
+fn xfer_receiver_killed_mid_transfer_resumes_without_resending() {
+    let t = tempfile::tempdir().unwrap();
+    let Interrupted { key, blob, out, state, held_at_kill } = interrupted_send(t.path(), 5, 16);
+    let size = INTERRUPTED_SIZE;
 
     let mut recv = Recv::start(&key, &out, &["--state-dir", state.to_str().unwrap(), "--once"]);
-    let r = send(&key, &recv.to(), &["--streams", "2", "--frame-size", "1M", "--json"], &[&src.join("blob")]);
+    let r = send(&key, &recv.to(), &["--streams", "2", "--frame-size", "1M", "--json"], &[&blob]);
     assert!(r.status.success(), "resume failed: {}", text(&r.stderr));
     let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     let held_bytes = report["held_bytes"].as_u64().unwrap();
@@ -292,7 +308,7 @@ fn xfer_receiver_killed_mid_transfer_resumes_without_resending() {
     assert!(recv.wait_stderr("resuming from frames already held", Duration::from_secs(5)));
     assert_eq!(
         blake3::hash(&std::fs::read(out.join("blob")).unwrap()),
-        blake3::hash(&std::fs::read(src.join("blob")).unwrap())
+        blake3::hash(&std::fs::read(&blob).unwrap())
     );
     assert!(held_frames(&state).is_none(), "resume state left behind after commit");
 }
@@ -300,28 +316,9 @@ fn xfer_receiver_killed_mid_transfer_resumes_without_resending() {
 #[test]
 fn xfer_resume_rehashes_held_frames_and_resends_a_damaged_one() {
     let t = tempfile::tempdir().unwrap();
-    let key = keygen(t.path(), "k");
-    let src = t.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let size = 64usize << 20;
-    write_random(&src.join("blob"), size, 6);
-    let out = t.path().join("out");
-    let state = t.path().join("state");
-
-    let mut recv = Recv::start(&key, &out, &["--state-dir", state.to_str().unwrap()]);
-    let to = recv.to();
-    let k2 = key.clone();
-    let s2 = src.join("blob");
-    let sender = std::thread::spawn(move || send(&k2, &to, &["--streams", "2", "--frame-size", "1M", "--max-rate", "12M"], &[&s2]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while held_frames(&state).is_none_or(|(_, n)| n < 8) {
-        assert!(Instant::now() < deadline, "no resume state appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    recv.child.kill().unwrap();
-    recv.child.wait().unwrap();
-    assert!(!sender.join().unwrap().status.success());
-    let (held_path, held_at_kill) = held_frames(&state).unwrap();
+    let Interrupted { key, blob, out, state, held_at_kill } = interrupted_send(t.path(), 6, 8);
+    let size = INTERRUPTED_SIZE;
+    let (held_path, _) = held_frames(&state).unwrap();
     // Damage the first held frame in the part file: its record still says
     // held, its bytes no longer match.
     let list = std::fs::read(&held_path).unwrap();
@@ -332,7 +329,7 @@ fn xfer_resume_rehashes_held_frames_and_resends_a_damaged_one() {
     std::fs::write(&part, &bytes).unwrap();
 
     let mut recv = Recv::start(&key, &out, &["--state-dir", state.to_str().unwrap(), "--once"]);
-    let r = send(&key, &recv.to(), &["--streams", "2", "--frame-size", "1M", "--json"], &[&src.join("blob")]);
+    let r = send(&key, &recv.to(), &["--streams", "2", "--frame-size", "1M", "--json"], &[&blob]);
     assert!(r.status.success(), "resume failed: {}", text(&r.stderr));
     let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(report["held_bytes"].as_u64().unwrap(), (held_at_kill - 1) << 20, "{report}");
@@ -341,7 +338,7 @@ fn xfer_resume_rehashes_held_frames_and_resends_a_damaged_one() {
     assert!(recv.wait_stderr("dropped=1", Duration::from_secs(5)));
     assert_eq!(
         blake3::hash(&std::fs::read(out.join("blob")).unwrap()),
-        blake3::hash(&std::fs::read(src.join("blob")).unwrap())
+        blake3::hash(&std::fs::read(&blob).unwrap())
     );
     assert!(held_frames(&state).is_none(), "resume state left behind after commit");
 }
