@@ -33,6 +33,17 @@ fn must(cmd: &mut Command) -> String {
 /// Checks the journal after a client session: exactly `expected`, except
 /// that the entry equal to `"PARTIAL <path>"` must be a write of a strict
 /// prefix of `big` (the interrupted upload).
+/// An upload of /alice/big.bin was cut: its part is journaled (the server
+/// took the cut for the end of the file) and shorter than the whole.
+fn assert_interrupted_upload(node: &TestNode, since: u64, full: usize) {
+    assert!(
+        wait_until(Duration::from_secs(10), || node.journal_since(since).iter().any(|e| e["path"] == "/alice/big.bin")),
+        "interrupted upload never journaled"
+    );
+    let part = std::fs::metadata(node.backing.join("alice/big.bin")).unwrap().len();
+    assert!(part < full as u64, "upload was not interrupted ({part} bytes)");
+}
+
 /// The journal every client's scenario leaves: upload a, mkdir d, upload
 /// d/b, rename it to d/c, delete it, rmdir d, (append to a,) an interrupted
 /// upload of big and its resumption.
@@ -129,15 +140,7 @@ fn curl_list_upload_download_resume_mkdir_rmdir_delete_rename() {
         .arg(url(&node, "/big.bin")));
     assert_eq!(out.status.code(), Some(28), "upload should have been cut: {}", String::from_utf8_lossy(&out.stderr));
     // The server notices the cut data connection and journals the part.
-    assert!(
-        wait_until(Duration::from_secs(10), || node
-            .journal_since(since)
-            .iter()
-            .any(|e| e["path"] == "/alice/big.bin")),
-        "interrupted upload never journaled"
-    );
-    let part = std::fs::metadata(node.backing.join("alice/big.bin")).unwrap().len();
-    assert!(part < big.len() as u64, "upload was not interrupted ({part} bytes)");
+    assert_interrupted_upload(&node, since, big.len());
     must(curl(&node).args(["-C", "-", "-T"]).arg(w("big.bin")).arg(url(&node, "/big.bin")));
     assert_eq!(b3_file(&node.backing.join("alice/big.bin")), b3(&big), "resumed upload differs");
 
@@ -208,15 +211,7 @@ fn lftp_list_upload_download_resume_mkdir_rmdir_delete_rename() {
     // Interrupted upload, then put -c (SIZE, REST, STOR).
     std::fs::write(w("big.bin"), &big).unwrap();
     lftp_killed_after(&node, "1.5", &format!("set net:limit-rate 0:1000000; put {} -o big.bin", w("big.bin")));
-    assert!(
-        wait_until(Duration::from_secs(10), || node
-            .journal_since(since)
-            .iter()
-            .any(|e| e["path"] == "/alice/big.bin")),
-        "interrupted upload never journaled"
-    );
-    let part = std::fs::metadata(node.backing.join("alice/big.bin")).unwrap().len();
-    assert!(part < big.len() as u64, "upload was not interrupted");
+    assert_interrupted_upload(&node, since, big.len());
     must(&mut lftp(&node, &format!("put -c {} -o big.bin", w("big.bin"))));
     assert_eq!(b3_file(&node.backing.join("alice/big.bin")), b3(&big), "resumed upload differs");
 
