@@ -1,7 +1,7 @@
 //! Content hashing shared by the filesystem, `pack`, `verify` and `digest`.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -49,24 +49,6 @@ pub fn hash_path(path: &Path) -> io::Result<(blake3::Hash, u64)> {
     hash_file(&File::open(path)?)
 }
 
-/// Hashes a stream (used where positioned reads are not possible).
-pub fn hash_reader(mut r: impl Read) -> io::Result<(blake3::Hash, u64)> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        update(&mut hasher, &buf[..n]);
-        total += n as u64;
-    }
-    Ok((hasher.finalize(), total))
-}
-
 fn update(hasher: &mut blake3::Hasher, data: &[u8]) {
     if data.len() >= RAYON_MIN {
         hasher.update_rayon(data);
@@ -88,6 +70,5 @@ mod tests {
         let (h, n) = hash_path(&p).unwrap();
         assert_eq!(n, data.len() as u64);
         assert_eq!(h, blake3::hash(&data));
-        assert_eq!(hash_reader(&data[..]).unwrap().0, blake3::hash(&data));
     }
 }

@@ -38,10 +38,7 @@ pub fn ok(args: &[&str]) -> String {
 
 pub fn is_mounted(p: &Path) -> bool {
     let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap_or("")))
+    drift_fs::mount::is_mountpoint(&p)
 }
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes.

@@ -266,11 +266,7 @@ impl TestNode {
     }
 
     pub fn is_mounted(&self) -> bool {
-        let p = std::fs::canonicalize(&self.mnt).unwrap_or_else(|_| self.mnt.clone());
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap_or("")))
+        super::is_mounted(&self.mnt)
     }
 
     /// Journal entries after `since`, read with `drift journal list --json`.
