@@ -26,8 +26,10 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod users;
+mod zerocopy;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +109,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             fsync_uploads: cfg.fsync_uploads,
             commit_timeout: cfg.commit_timeout,
             io_chunk: cfg.io_chunk,
+            stopping: Arc::new(AtomicBool::new(false)),
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -134,6 +137,7 @@ async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool) -> Result<(),
     use tokio::signal::unix::{signal, SignalKind};
     let state = ctx.state.clone();
     let root = ctx.served_root.clone();
+    let stopping = ctx.stopping.clone();
     let front = Arc::new(server::Front::new(ctx));
     let listener = front.bind().await?;
     let addr = listener.local_addr().map_err(|source| server::ServerError::Bind {
@@ -168,6 +172,7 @@ async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool) -> Result<(),
             _ = tick.tick() => if !alive() { break Err(NodeError::MountLost) },
         }
     };
+    stopping.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = accept.await;
     tracing::info!(sessions = front.sessions.total(), "FTP server stopped");

@@ -28,6 +28,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
+use std::os::fd::AsFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +42,7 @@ use super::auth::NodeUser;
 use super::limits::{Sessions, UserSlot};
 use super::state::StateHandle;
 use super::users::Perm;
+use super::zerocopy;
 
 /// Longest accepted path (bytes) and path component, as Linux.
 pub const MAX_PATH: usize = 4095;
@@ -71,6 +74,9 @@ pub struct StorageContext {
     pub fsync_uploads: bool,
     pub commit_timeout: Duration,
     pub io_chunk: usize,
+    /// Set when the node starts stopping: zero-copy transfers, which run
+    /// on blocking threads the runtime cannot cancel, give up then.
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// State of one logged-in session.
@@ -85,6 +91,15 @@ struct Session {
     /// Holds this session's place in the per-user limit until the session
     /// (and so this backend) is dropped.
     _slot: UserSlot,
+}
+
+/// An upload between opening its file and its acknowledgement.
+struct Upload {
+    /// The file's path in the journal.
+    journal_path: String,
+    /// The journal position when the file was opened (no journal in plain mode).
+    mark: Option<u64>,
+    started: std::time::Instant,
 }
 
 /// The storage backend of one control connection.
@@ -151,6 +166,69 @@ impl DriftStorage {
             Ok((f, meta.len()))
         })
         .await
+    }
+
+    /// Checks and opens the target of an upload (truncated, or cut to
+    /// `start_pos` for REST/APPE) and notes the journal position the
+    /// upload's `write` entry must come after.
+    async fn open_upload(&self, user: &NodeUser, path: &Path, start_pos: u64) -> Result<(std::fs::File, Upload)> {
+        self.check(user, Perm::Write, path)?;
+        let rel = resolve(path)?;
+        if is_home(&rel) {
+            return Err(Error::new(ErrorKind::FileNameNotAllowedError, "cannot upload onto a directory"));
+        }
+        let session = self.session()?;
+        let upload = Upload {
+            journal_path: self.journal_path(session, &rel),
+            mark: self.ctx.commit.as_ref().map(|c| c.mark()),
+            started: std::time::Instant::now(),
+        };
+        let home = session.home.clone();
+        let file = blocking(move || {
+            let mut oo = cap_std::fs::OpenOptions::new();
+            oo.write(true).create(true).truncate(start_pos == 0);
+            let f = home.open_with(&rel, &oo)?.into_std();
+            if start_pos > 0 {
+                // REST: keep exactly the first start_pos bytes.
+                f.set_len(start_pos)?;
+            }
+            Ok(f)
+        })
+        .await?;
+        Ok((file, upload))
+    }
+
+    /// After the upload's file is closed: waits (bounded) until its
+    /// `write` entry is in the journal, so the 226 that follows is only
+    /// sent for journaled data (architecture guarantee 2).
+    async fn finish_upload(&self, upload: Upload, total: u64) -> Result<u64> {
+        let Upload {
+            journal_path,
+            mark,
+            started,
+        } = upload;
+        tracing::debug!(bytes = total, data_ms = started.elapsed().as_millis() as u64, "upload written and closed");
+        if let (Some(commit), Some(mark)) = (self.ctx.commit.clone(), mark) {
+            let timeout = self.ctx.commit_timeout;
+            let jp = journal_path.clone();
+            let waited = std::time::Instant::now();
+            let seen = tokio::task::spawn_blocking(move || commit.wait_written(mark, &jp, timeout)).await;
+            match seen {
+                Ok(Ok(true)) => {
+                    tracing::debug!(path = %journal_path, bytes = total, wait_ms = waited.elapsed().as_millis() as u64, "upload journaled");
+                }
+                Ok(Ok(false)) => {
+                    tracing::error!(path = %journal_path, secs = timeout.as_secs(), "upload not journaled in time; not acknowledging it");
+                    return Err(Error::new(ErrorKind::LocalError, "upload was not journaled in time"));
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(path = %journal_path, error = %e, "cannot read the journal; not acknowledging the upload");
+                    return Err(Error::new(ErrorKind::LocalError, e));
+                }
+                Err(e) => return Err(Error::new(ErrorKind::LocalError, e.to_string())),
+            }
+        }
+        Ok(total)
     }
 
     fn stall_limit(&self) -> Duration {
@@ -359,29 +437,8 @@ impl StorageBackend<NodeUser> for DriftStorage {
         path: P,
         start_pos: u64,
     ) -> Result<u64> {
-        self.check(user, Perm::Write, path.as_ref())?;
-        let rel = resolve(path.as_ref())?;
-        if is_home(&rel) {
-            return Err(Error::new(ErrorKind::FileNameNotAllowedError, "cannot upload onto a directory"));
-        }
-        let session = self.session()?;
-        let journal_path = self.journal_path(session, &rel);
-        let mark = self.ctx.commit.as_ref().map(|c| c.mark());
-        let home = session.home.clone();
-        let file = blocking(move || {
-            let mut oo = cap_std::fs::OpenOptions::new();
-            oo.write(true).create(true).truncate(start_pos == 0);
-            let f = home.open_with(&rel, &oo)?.into_std();
-            if start_pos > 0 {
-                // REST: keep exactly the first start_pos bytes.
-                f.set_len(start_pos)?;
-            }
-            Ok(f)
-        })
-        .await?;
-
+        let (file, upload) = self.open_upload(user, path.as_ref(), start_pos).await?;
         let fsync = self.ctx.fsync_uploads;
-        let started = std::time::Instant::now();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH);
         // Written blocks come back for reuse: no allocation or zeroing of
         // a fresh block per chunk.
@@ -458,29 +515,56 @@ impl StorageBackend<NodeUser> for DriftStorage {
             Err(e) => return Err(Error::new(ErrorKind::LocalError, e.to_string())),
         }
         read_result?;
-        tracing::debug!(bytes = total, data_ms = started.elapsed().as_millis() as u64, "upload written and closed");
+        self.finish_upload(upload, total).await
+    }
 
-        if let (Some(commit), Some(mark)) = (self.ctx.commit.clone(), mark) {
-            let timeout = self.ctx.commit_timeout;
-            let jp = journal_path.clone();
-            let waited = std::time::Instant::now();
-            let seen = tokio::task::spawn_blocking(move || commit.wait_written(mark, &jp, timeout)).await;
-            match seen {
-                Ok(Ok(true)) => {
-                    tracing::debug!(path = %journal_path, bytes = total, wait_ms = waited.elapsed().as_millis() as u64, "upload journaled");
-                }
-                Ok(Ok(false)) => {
-                    tracing::error!(path = %journal_path, secs = timeout.as_secs(), "upload not journaled in time; not acknowledging it");
-                    return Err(Error::new(ErrorKind::LocalError, "upload was not journaled in time"));
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(path = %journal_path, error = %e, "cannot read the journal; not acknowledging the upload");
-                    return Err(Error::new(ErrorKind::LocalError, e));
-                }
-                Err(e) => return Err(Error::new(ErrorKind::LocalError, e.to_string())),
+    async fn put_from_tcp<P>(&self, user: &NodeUser, socket: tokio::net::TcpStream, path: P, start_pos: u64) -> Result<u64>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        let (file, upload) = self.open_upload(user, path.as_ref(), start_pos).await?;
+        let socket = socket.into_std()?;
+        let (fsync, limit, stop) = (self.ctx.fsync_uploads, self.stall_limit(), self.ctx.stopping.clone());
+        let received = blocking(move || {
+            let got = zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, &stop);
+            if got.result.is_ok() && fsync {
+                file.sync_all()?;
+            }
+            // close(2) here, before the journal wait starts.
+            drop(file);
+            Ok(got)
+        })
+        .await?;
+        // Bytes that arrived before a failure stay in the file, so a
+        // resumed upload (SIZE, then REST or APPE) continues from them.
+        received.result?;
+        self.finish_upload(upload, received.bytes).await
+    }
+
+    async fn get_into_tcp<P>(&self, user: &NodeUser, path: P, start_pos: u64, socket: &mut tokio::net::TcpStream) -> Result<u64>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        self.check(user, Perm::Read, path.as_ref())?;
+        let rel = resolve(path.as_ref())?;
+        let (file, len) = self.open_read(rel).await?;
+        if start_pos >= len {
+            return Ok(0);
+        }
+        // The blocking thread gets its own descriptor of the connection,
+        // so an abandoned transfer can never write to a reused number.
+        let sock = socket.as_fd().try_clone_to_owned()?;
+        let (limit, stop) = (self.stall_limit(), self.ctx.stopping.clone());
+        // Serve the file as it was when opened: stop at `len` even if
+        // someone keeps appending.
+        let sent = blocking(move || zerocopy::send_file(sock.as_fd(), &file, start_pos, len, limit, &stop)).await?;
+        match sent {
+            zerocopy::Sent::Done(n) => Ok(n),
+            zerocopy::Sent::Unsupported => {
+                tracing::debug!("sendfile unsupported for this file; copying through the node");
+                self.get_into(user, path, start_pos, socket).await
             }
         }
-        Ok(total)
     }
 
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {

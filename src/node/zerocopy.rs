@@ -1,0 +1,312 @@
+//! Zero-copy transfers between a plain FTP data connection and a file.
+//!
+//! Downloads go out with `sendfile(2)`: the kernel hands the file's pages
+//! to TCP without a copy through the node (the way vsftpd sends). Uploads
+//! come in with `splice(2)`: socket → pipe moves references to the
+//! received pages, pipe → file copies them once into the page cache,
+//! instead of a socket read plus a file write. Both work on the drift-fs
+//! mount (with kernel passthrough the calls reach the backing file; without
+//! it FUSE serves them through its page cache).
+//!
+//! Both loops run on a blocking thread with the socket left non-blocking
+//! (tokio still owns its registration): when the socket cannot move data
+//! the thread waits in `poll(2)` in short slices, so it notices a node that
+//! is stopping, and gives up after the idle limit without progress, like
+//! the buffered path. TLS data connections never get here: their bytes
+//! must pass through the TLS layer in user space.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Bytes asked of one `sendfile` call; the kernel sends what the socket
+/// buffer takes and says how much.
+const SEND_CHUNK: usize = 16 << 20;
+/// Pipe capacity asked for uploads (the default `pipe-max-size` allows it;
+/// a smaller pipe only means more calls).
+const PIPE_SIZE: usize = 1 << 20;
+/// Longest single wait in `poll(2)` before looking at the stop flag again.
+const POLL_SLICE: Duration = Duration::from_millis(200);
+
+/// Why a transfer loop stopped early; carried in an `io::Error`.
+fn stalled(what: &str, limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what} stalled: no data for {} s", limit.as_secs()),
+    )
+}
+
+fn stopping_error() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "the node is stopping")
+}
+
+/// Waits until `fd` is ready for `events` (POLLIN or POLLOUT), the idle
+/// limit passes without readiness, or the node starts stopping.
+fn wait_ready(fd: BorrowedFd<'_>, events: libc::c_short, what: &str, limit: Duration, stop: &AtomicBool) -> io::Result<()> {
+    let since = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(stopping_error());
+        }
+        let left = limit.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            return Err(stalled(what, limit));
+        }
+        let slice = left.min(POLL_SLICE);
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, borrowed for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, slice.as_millis().max(1) as libc::c_int) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // Readiness, an error or a hang-up: the next call reports which.
+        if n > 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Outcome of [`send_file`].
+#[derive(Debug)]
+pub enum Sent {
+    /// Bytes sent; fewer than asked only if the file shrank meanwhile.
+    Done(u64),
+    /// The kernel cannot `sendfile` from this file (nothing was sent):
+    /// the caller copies through user space instead.
+    Unsupported,
+}
+
+/// Sends `file[start..end)` to the non-blocking `socket` with `sendfile`.
+pub fn send_file(socket: BorrowedFd<'_>, file: &File, start: u64, end: u64, limit: Duration, stop: &AtomicBool) -> io::Result<Sent> {
+    let mut off = start as libc::off_t;
+    while (off as u64) < end {
+        let want = SEND_CHUNK.min((end - off as u64) as usize);
+        // SAFETY: both descriptors are open for the call; `off` is ours.
+        let n = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            // The file ended early (truncated while being served).
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINVAL) | Some(libc::ENOSYS) if off as u64 == start => return Ok(Sent::Unsupported),
+            _ if would_block(&e) => wait_ready(socket, libc::POLLOUT, "download", limit, stop)?,
+            _ if e.kind() == io::ErrorKind::Interrupted => {}
+            _ => return Err(e),
+        }
+    }
+    Ok(Sent::Done(off as u64 - start))
+}
+
+/// A pipe for `splice`.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both are fresh descriptors we own.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // Best effort: a smaller pipe is slower, not wrong.
+        // SAFETY: plain fcntl on a descriptor we own.
+        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        Ok(Pipe { read, write })
+    }
+}
+
+/// Result of [`receive_into`]: bytes that reached the file, and why the
+/// loop ended if not at the client's end of data. Bytes received before
+/// an error are in the file either way (a resumed upload needs them).
+#[derive(Debug)]
+pub struct Received {
+    pub bytes: u64,
+    pub result: io::Result<()>,
+}
+
+/// Receives from the non-blocking `socket` until end of data, writing at
+/// `start` onwards in `file`, with `splice` through a pipe.
+pub fn receive_into(socket: BorrowedFd<'_>, file: &File, start: u64, limit: Duration, stop: &AtomicBool) -> Received {
+    let mut pos = start;
+    let result = (|| -> io::Result<()> {
+        let pipe = Pipe::new()?;
+        // Whether the file accepts splice; if not, the pipe is drained
+        // through a buffer (still one copy fewer than a socket read).
+        let mut splice_out = true;
+        let mut buf = Vec::new();
+        loop {
+            // SAFETY: valid descriptors; null offsets (socket and pipe).
+            let n = unsafe {
+                libc::splice(
+                    socket.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    pipe.write.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    PIPE_SIZE,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if would_block(&e) {
+                    wait_ready(socket, libc::POLLIN, "upload", limit, stop)?;
+                    continue;
+                }
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut left = n as usize;
+            while left > 0 {
+                let moved = if splice_out {
+                    let mut off = pos as libc::loff_t;
+                    // SAFETY: valid descriptors; `off` is ours.
+                    let m = unsafe {
+                        libc::splice(pipe.read.as_raw_fd(), std::ptr::null_mut(), file.as_raw_fd(), &mut off, left, libc::SPLICE_F_MOVE)
+                    };
+                    if m < 0 {
+                        let e = io::Error::last_os_error();
+                        match e.raw_os_error() {
+                            Some(libc::EINVAL) => {
+                                splice_out = false;
+                                continue;
+                            }
+                            Some(libc::EINTR) => continue,
+                            _ => return Err(e),
+                        }
+                    }
+                    m as usize
+                } else {
+                    drain_by_copy(pipe.read.as_fd(), file, pos, left, &mut buf)?
+                };
+                if moved == 0 {
+                    return Err(io::Error::new(io::ErrorKind::WriteZero, "the file accepted no bytes"));
+                }
+                left -= moved;
+                pos += moved as u64;
+            }
+        }
+    })();
+    Received {
+        bytes: pos - start,
+        result,
+    }
+}
+
+/// Moves up to `len` bytes from the pipe to `file` at `pos` through a
+/// buffer; returns how many.
+fn drain_by_copy(pipe: BorrowedFd<'_>, file: &File, pos: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(len.min(PIPE_SIZE), 0);
+    // SAFETY: `buf` is valid for `buf.len()` bytes.
+    let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+    }
+    file.write_all_at(&buf[..n as usize], pos)?;
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        (s, c)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
+    }
+
+    #[test]
+    fn send_file_sends_exactly_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = pattern(3 << 20 | 17);
+        let path = dir.path().join("f");
+        std::fs::write(&path, &data).unwrap();
+        let (server, mut client) = pair();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            got
+        });
+        let file = File::open(&path).unwrap();
+        let stop = AtomicBool::new(false);
+        let sent = send_file(server.as_fd(), &file, 1000, data.len() as u64, Duration::from_secs(10), &stop).unwrap();
+        assert!(matches!(sent, Sent::Done(n) if n == data.len() as u64 - 1000), "{sent:?}");
+        drop(server);
+        assert!(reader.join().unwrap() == data[1000..]);
+    }
+
+    #[test]
+    fn receive_into_writes_at_the_offset_and_keeps_partial_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let data = pattern(5 << 20 | 3);
+        let (server, mut client) = pair();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || client.write_all(&sent).unwrap());
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let stop = AtomicBool::new(false);
+        let got = receive_into(server.as_fd(), &file, 4, Duration::from_secs(10), &stop);
+        writer.join().unwrap();
+        got.result.unwrap();
+        assert_eq!(got.bytes, data.len() as u64);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(&on_disk[..4], b"0123");
+        assert!(on_disk[4..] == data[..]);
+    }
+
+    #[test]
+    fn a_silent_client_stalls_and_a_stop_interrupts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("f")).unwrap();
+        let (server, mut client) = pair();
+        client.write_all(b"abc").unwrap();
+        let stop = AtomicBool::new(false);
+        let t = Instant::now();
+        let got = receive_into(server.as_fd(), &file, 0, Duration::from_millis(300), &stop);
+        assert_eq!(got.result.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(got.bytes, 3, "bytes received before the stall are kept");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        stop.store(true, Ordering::Relaxed);
+        let got = receive_into(server.as_fd(), &file, 3, Duration::from_secs(60), &stop);
+        assert_eq!(got.result.unwrap_err().kind(), io::ErrorKind::Interrupted);
+        drop(client);
+    }
+}
