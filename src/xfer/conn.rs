@@ -46,17 +46,29 @@ impl FrameWriter {
     /// Sends a control frame; returns its sequence number.
     pub async fn send(&mut self, ty: FrameType, file_id: u64, offset: u64, payload: &[u8]) -> Result<u64> {
         let h = self.next_header(ty, file_id, offset, payload.len());
-        let buf = frame::encode_frame(&self.key, &h, payload);
-        self.w.write_all(&buf).await.map_err(|e| self.err(e))?;
-        Ok(h.seq)
+        let digest = frame::payload_digest(&h, payload);
+        self.write_frame(&h, payload, &digest).await
     }
 
-    /// Sends a data frame whose subtree CV the caller already computed
-    /// (it needs the CV itself for the file's BLAKE3).
+    /// Sends a frame whose MAC digest ([`frame::payload_digest`]) the
+    /// caller already computed: the subtree CV of a data frame, which it
+    /// needs for the file's BLAKE3, or the digest of a batch it built from
+    /// its files' hashes.
+    pub async fn send_digested(&mut self, ty: FrameType, file_id: u64, offset: u64, payload: &[u8], digest: &[u8; 32]) -> Result<u64> {
+        let h = self.next_header(ty, file_id, offset, payload.len());
+        self.write_frame(&h, payload, digest).await
+    }
+
+    /// Sends a data frame whose subtree CV the caller already computed.
     pub async fn send_data(&mut self, file_id: u64, offset: u64, payload: &[u8], cv: &[u8; 32]) -> Result<u64> {
-        let h = self.next_header(FrameType::Data, file_id, offset, payload.len());
+        self.send_digested(FrameType::Data, file_id, offset, payload, cv).await
+    }
+
+    /// Writes header, payload and MAC: small frames assembled into one
+    /// buffer and written with one call, bigger ones from where they lie.
+    async fn write_frame(&mut self, h: &Header, payload: &[u8], digest: &[u8; 32]) -> Result<u64> {
         let raw = h.encode();
-        let tag = frame::mac(&self.key, &raw, cv);
+        let tag = frame::mac(&self.key, &raw, digest);
         if payload.len() < COALESCE {
             let mut buf = Vec::with_capacity(HEADER_LEN + payload.len() + MAC_LEN);
             buf.extend_from_slice(&raw);

@@ -3,6 +3,7 @@
 
 use super::error::FrameError;
 use super::tree;
+use super::wire;
 
 pub const HEADER_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
@@ -125,12 +126,20 @@ impl Header {
 
 /// What the MAC covers of a payload: for data frames the BLAKE3 subtree
 /// CV at the frame's offset (the same hash the file check is assembled
-/// from, so the payload is hashed once), for all others its plain BLAKE3.
+/// from, so the payload is hashed once), for batches
+/// [`wire::batch_digest`] (likewise built on each file's own BLAKE3), for
+/// all others its plain BLAKE3.
 pub fn payload_digest(header: &Header, payload: &[u8]) -> [u8; 32] {
-    if header.ty == FrameType::Data {
-        tree::subtree_cv(header.offset, payload)
-    } else {
-        *blake3::hash(payload).as_bytes()
+    digest(header.ty, header.offset, payload)
+}
+
+/// [`payload_digest`] for a frame of type `ty` at `offset` (used by data
+/// frames only).
+pub fn digest(ty: FrameType, offset: u64, payload: &[u8]) -> [u8; 32] {
+    match ty {
+        FrameType::Data => tree::subtree_cv(offset, payload),
+        FrameType::Batch => wire::batch_digest(payload).digest,
+        _ => *blake3::hash(payload).as_bytes(),
     }
 }
 
@@ -200,8 +209,9 @@ pub fn check(
     Ok(())
 }
 
-/// Encodes a complete frame into one buffer (used for small frames and in
-/// tests; data frames are written in three pieces to avoid a copy).
+/// Encodes a complete frame into one buffer (for tests and anyone who
+/// wants a frame in memory; [`super::conn::FrameWriter`] writes large
+/// payloads from where they lie).
 pub fn encode_frame(key: &[u8; 32], header: &Header, payload: &[u8]) -> Vec<u8> {
     let raw = header.encode();
     let tag = mac(key, &raw, &payload_digest(header, payload));

@@ -11,7 +11,10 @@ use super::error::{Result, XferError};
 use super::key::ClusterKey;
 
 pub const MAGIC: &[u8; 8] = b"DRIFTXFR";
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: batch frames are MAC'd over [`super::wire::batch_digest`] instead of
+/// the plain BLAKE3 of their payload; a version-1 peer is told apart at the
+/// handshake instead of failing every batch's MAC.
+pub const PROTOCOL_VERSION: u8 = 2;
 const PREFIX_LEN: usize = 16;
 const NONCE_LEN: usize = 32;
 

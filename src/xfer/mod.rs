@@ -14,8 +14,9 @@
 //!   both the MAC and the whole-file check.
 //! - File layer and control layer: [`send`] (queue, batches, N connection
 //!   processors, resend on a dead connection) and [`recv`] (sessions,
-//!   frames written in place with positioned writes, resume state, commit), with [`hook`] for inspection and
-//!   [`paths`] for name safety.
+//!   frames written in place with positioned writes, resume state, commit), with [`hook`] for inspection,
+//!   [`paths`] for name safety and [`dest`] for how entries land (directory
+//!   handles, unnamed files linked into place).
 //! - [`cli`]: the `drift xfer` command.
 //!
 //! # Connection set-up
@@ -23,7 +24,7 @@
 //!
 //! | step | direction | bytes |
 //! |---|---|---|
-//! | hello | S → R | `"DRIFTXFR"` (8), version `1` (1), zero (7), client nonce `cn` (32) |
+//! | hello | S → R | `"DRIFTXFR"` (8), version `2` (1), zero (7), client nonce `cn` (32) |
 //! | challenge | R → S | `"DRIFTXFR"` (8), version (1), zero (7), server nonce `sn` (32), `proof_R` (32) |
 //! | response | S → R | `proof_S` (32) |
 //!
@@ -53,9 +54,14 @@
 //!
 //! `MAC = BLAKE3-keyed(K_dir, header[0..32] ‖ D)` where `D` is, for `Data`
 //! frames, the BLAKE3 chaining value of the payload as the subtree starting
-//! at `offset` (see [`tree`]) and, for every other type, `BLAKE3(payload)`.
-//! This is hash-then-MAC: forging a frame needs either `K_dir` or a BLAKE3
-//! collision. The reader checks, in order: version, type, flags, length
+//! at `offset` (see [`tree`]); for `Batch` frames, the BLAKE3 of a context
+//! string and the payload with each file entry's content replaced by that
+//! content's own BLAKE3 ([`wire::batch_digest`]); for every other type,
+//! `BLAKE3(payload)`. This is hash-then-MAC: forging a frame needs either
+//! `K_dir` or a BLAKE3 collision. Data and batch digests are built from the
+//! very hashes the whole-file checks use, so each side hashes every byte
+//! once. (Protocol version 1 MAC'd batches over `BLAKE3(payload)`, which
+//! hashed every small file twice on each side.) The reader checks, in order: version, type, flags, length
 //! limit, data placement (before reading or allocating the payload), then
 //! the MAC, then that the sequence number is exactly the next expected one.
 //! A bad MAC ("altered or forged") or sequence ("replayed or reordered")
@@ -80,7 +86,8 @@
 //!                                          rename to the final name
 //!                                  ◀──      CommitReply{ok | refused | failed}
 //! small files, directories, symlinks:
-//! Batch{entries with content and BLAKE3} ──▶ verify each, hook, write, rename
+//! Batch{entries with content and BLAKE3} ──▶ check MAC, verify each, hook,
+//!                                          write an unnamed file, link it
 //!                                  ◀──      BatchReply{outcome per entry}
 //! Done                             ──▶      apply directory modes
 //!                                  ◀──      DoneReply{entries, bytes}
@@ -116,6 +123,7 @@
 pub mod channel;
 pub mod cli;
 pub mod conn;
+pub mod dest;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -34,19 +34,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::channel::{Acceptor, Stream};
 use super::conn::{FrameReader, FrameWriter};
+use super::dest::{self, Attrs, DestDirs, PutError};
 use super::error::{FrameError, Result, XferError};
 use super::frame::FrameType;
 use super::handshake;
@@ -126,6 +127,8 @@ struct Session {
     /// Directory modes and times, applied deepest first at `Done` so a
     /// read-only directory does not block its own contents.
     dirs: Mutex<Vec<(PathBuf, u32, i64, u32)>>,
+    /// Handles on the destination's directories (see [`dest`]).
+    dest: DestDirs,
     entries: AtomicU64,
     bytes: AtomicU64,
     conns: AtomicUsize,
@@ -225,6 +228,7 @@ async fn connection(inner: Arc<Inner>, mut stream: Stream) {
                 files: Mutex::new(HashMap::new()),
                 outcomes: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(Vec::new()),
+                dest: DestDirs::new(inner.cfg.dir.clone()),
                 entries: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
                 conns: AtomicUsize::new(0),
@@ -351,6 +355,8 @@ async fn serve_frames(
     // A per-connection view of the session's files saves a lock per frame.
     let mut cache: HashMap<u64, Arc<Incoming>> = HashMap::new();
     let mut scratch = Vec::new();
+    // Control payloads (batches of up to a frame and more) are read here.
+    let mut ctl = Vec::new();
     loop {
         let Some((h, raw)) = reader.header().await? else {
             return Ok(());
@@ -399,19 +405,26 @@ async fn serve_frames(
             continue;
         }
 
-        let mut payload = vec![0u8; h.len as usize];
-        reader.payload(&h, &mut payload).await?;
-        let digest = blake3::hash(&payload);
-        reader.finish(&raw, &h, digest.as_bytes()).await?;
+        let len = h.len as usize;
+        reader.payload(&h, frame_buf(&mut ctl, len)).await?;
+        let payload = &ctl[..len];
+        // A batch's digest hashes each file's content once; those hashes
+        // are its files' whole-file checks too (see `wire::batch_digest`).
+        let (digest, hashes) = if h.ty == FrameType::Batch {
+            let d = wire::batch_digest(payload);
+            (d.digest, d.files)
+        } else {
+            (*blake3::hash(payload).as_bytes(), Vec::new())
+        };
+        reader.finish(&raw, &h, &digest).await?;
         match h.ty {
             FrameType::Offer => {
-                let offer = Offer::decode(&payload)?;
+                let offer = Offer::decode(payload)?;
                 let reply = handle_offer(inner, session, h.file_id, offer).await;
                 writer.send(FrameType::OfferReply, h.file_id, 0, &reply.encode()).await?;
             }
             FrameType::Commit => {
                 let expected: [u8; 32] = payload
-                    .as_slice()
                     .try_into()
                     .map_err(|_| FrameError::Payload("commit"))?;
                 cache.remove(&h.file_id);
@@ -421,9 +434,17 @@ async fn serve_frames(
             FrameType::Batch => {
                 let inner2 = inner.clone();
                 let session2 = session.clone();
-                let outcomes = tokio::task::spawn_blocking(move || handle_batch(&inner2, &session2, &payload))
-                    .await
-                    .map_err(|e| XferError::Protocol(format!("batch task failed: {e}")))??;
+                // The buffer goes to the blocking task and comes back, so
+                // it is allocated and zeroed once per connection.
+                let buf = std::mem::take(&mut ctl);
+                let (outcomes, buf) = tokio::task::spawn_blocking(move || {
+                    let r = handle_batch(&inner2, &session2, &buf[..len], &hashes);
+                    (r, buf)
+                })
+                .await
+                .map_err(|e| XferError::Protocol(format!("batch task failed: {e}")))?;
+                ctl = buf;
+                let outcomes = outcomes?;
                 writer
                     .send(FrameType::BatchReply, h.file_id, 0, &Outcome::encode_many(&outcomes))
                     .await?;
@@ -436,7 +457,7 @@ async fn serve_frames(
                 writer.send(FrameType::DoneReply, 0, 0, &reply.encode()).await?;
             }
             FrameType::Error => {
-                return Err(XferError::Remote(String::from_utf8_lossy(&payload).into_owned()));
+                return Err(XferError::Remote(String::from_utf8_lossy(payload).into_owned()));
             }
             other => return Err(XferError::Protocol(format!("unexpected {other:?} frame from a sender"))),
         }
@@ -806,7 +827,8 @@ async fn handle_commit(inner: &Arc<Inner>, session: &Arc<Session>, file_id: u64,
         .ok_or_else(|| XferError::Protocol(format!("commit for unknown file id {file_id}")))?;
     let inner2 = inner.clone();
     let f2 = file.clone();
-    let outcome = tokio::task::spawn_blocking(move || commit(&inner2, &f2, expected))
+    let s2 = session.clone();
+    let outcome = tokio::task::spawn_blocking(move || commit(&inner2, &s2, &f2, expected))
         .await
         .map_err(|e| XferError::Protocol(format!("commit task failed: {e}")))?;
     match &outcome {
@@ -829,7 +851,7 @@ async fn handle_commit(inner: &Arc<Inner>, session: &Arc<Session>, file_id: u64,
     Ok(outcome)
 }
 
-fn commit(inner: &Inner, f: &Incoming, expected: [u8; 32]) -> Outcome {
+fn commit(inner: &Inner, session: &Session, f: &Incoming, expected: [u8; 32]) -> Outcome {
     let held = f.held.load(Ordering::Acquire);
     if held != f.frames() {
         return Outcome::Failed(format!("{} of {} frames missing at commit", f.frames() - held, f.frames()));
@@ -867,7 +889,8 @@ fn commit(inner: &Inner, f: &Incoming, expected: [u8; 32]) -> Outcome {
             return Outcome::Refused(why);
         }
     }
-    match place(inner, &f.name, &f.part, &f.file, f.mode, f.mtime) {
+    let attrs = Attrs { mode: f.mode, mtime: f.mtime };
+    match dest::place_staged(&session.dest, &f.name, &f.part, &f.file, attrs, inner.cfg.fsync) {
         Ok(()) => {
             let _ = std::fs::remove_file(&f.held_path);
             Outcome::Ok
@@ -876,58 +899,20 @@ fn commit(inner: &Inner, f: &Incoming, expected: [u8; 32]) -> Outcome {
     }
 }
 
-/// Gives a verified staged file its mode and time, then its final name.
-fn place(
-    inner: &Inner,
-    name: &Path,
-    staged: &Path,
-    file: &File,
-    mode: u32,
-    mtime: (i64, u32),
-) -> Result<()> {
-    let ctx = |what: &str| format!("{what} {}", name.display());
-    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(|e| XferError::io(ctx("setting the mode of"), e))?;
-    file.set_modified(to_system_time(mtime))
-        .map_err(|e| XferError::io(ctx("setting the time of"), e))?;
-    if inner.cfg.fsync {
-        file.sync_all().map_err(|e| XferError::io(ctx("syncing"), e))?;
-    }
-    let dest = paths::prepare_parents(&inner.cfg.dir, name)?;
-    if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
-        return Err(XferError::BadPath {
-            path: name.display().to_string(),
-            reason: "a directory of that name is in the way on the receiver",
-        });
-    }
-    std::fs::rename(staged, &dest).map_err(|e| XferError::io(ctx("renaming into place"), e))
-}
-
-fn to_system_time((s, ns): (i64, u32)) -> SystemTime {
-    let ns = ns.min(999_999_999);
-    if s >= 0 {
-        UNIX_EPOCH + Duration::new(s as u64, ns)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(ns as u64)
-    }
-}
-
-/// A temporary name beside `dest`, in the same directory: small files are
-/// written there and renamed in place, which keeps each rename inside one
-/// directory (one shared staging directory serialises every create and
-/// rename of a batch on its lock).
-fn tmp_beside(dest: &Path) -> PathBuf {
-    let n: u64 = rand::random();
-    let base = dest.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let base: String = base.chars().take(100).collect();
-    dest.with_file_name(format!(".{base}.drift-xfer-{n:016x}.tmp"))
-}
-
-fn handle_batch(inner: &Inner, session: &Session, payload: &[u8]) -> Result<Vec<Outcome>> {
+/// Puts a batch's entries in place. `hashes` holds the BLAKE3 of each file
+/// entry's content, in order, computed with the frame's MAC digest.
+fn handle_batch(inner: &Inner, session: &Session, payload: &[u8], hashes: &[blake3::Hash]) -> Result<Vec<Outcome>> {
     let entries = wire::decode_batch(payload)?;
     let mut out = Vec::with_capacity(entries.len());
+    let mut hashes = hashes.iter();
     for e in &entries {
-        let outcome = match batch_entry(inner, session, e) {
+        let got = match e {
+            // The digest hashed every file entry; recomputing is only a
+            // fallback that keeps this function correct on its own.
+            Entry::File { content, .. } => Some(hashes.next().copied().unwrap_or_else(|| blake3::hash(content))),
+            _ => None,
+        };
+        let outcome = match batch_entry(inner, session, e, got) {
             Ok(o) => o,
             Err(err) => Outcome::Failed(err.to_string()),
         };
@@ -945,14 +930,13 @@ fn handle_batch(inner: &Inner, session: &Session, payload: &[u8]) -> Result<Vec<
     Ok(out)
 }
 
-fn batch_entry(inner: &Inner, session: &Session, e: &Entry<'_>) -> Result<Outcome> {
+fn batch_entry(inner: &Inner, session: &Session, e: &Entry<'_>, content_hash: Option<blake3::Hash>) -> Result<Outcome> {
     let cfg = &inner.cfg;
     let meta = e.meta();
     let name = paths::relative(&meta.path)?;
     match e {
         Entry::Dir { meta } => {
-            let dest = paths::prepare_parents(&cfg.dir, &name)?;
-            paths::ensure_dir(&dest, &name)?;
+            let dest = dest::put_dir(&session.dest, &name)?;
             session
                 .dirs
                 .lock()
@@ -961,22 +945,11 @@ fn batch_entry(inner: &Inner, session: &Session, e: &Entry<'_>) -> Result<Outcom
             Ok(Outcome::Ok)
         }
         Entry::Symlink { target, .. } => {
-            let dest = paths::prepare_parents(&cfg.dir, &name)?;
-            if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
-                return Ok(Outcome::Failed("a directory of that name is in the way on the receiver".into()));
-            }
-            let tmp = tmp_beside(&dest);
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)
-                .map_err(|err| XferError::io(format!("creating symlink {}", name.display()), err))?;
-            set_times_nofollow(&tmp, (meta.mtime_s, meta.mtime_ns));
-            std::fs::rename(&tmp, &dest).map_err(|err| {
-                let _ = std::fs::remove_file(&tmp);
-                XferError::io(format!("renaming symlink {} into place", name.display()), err)
-            })?;
+            dest::put_symlink(&session.dest, &name, target, (meta.mtime_s, meta.mtime_ns))?;
             Ok(Outcome::Ok)
         }
         Entry::File { hash, content, .. } => {
-            let got = blake3::hash(content);
+            let got = content_hash.unwrap_or_else(|| blake3::hash(content));
             if got != blake3::Hash::from_bytes(*hash) {
                 return Ok(Outcome::Failed(format!(
                     "BLAKE3 mismatch: received content hashes to {}, the sender's file to {}",
@@ -984,34 +957,28 @@ fn batch_entry(inner: &Inner, session: &Session, e: &Entry<'_>) -> Result<Outcom
                     blake3::Hash::from_bytes(*hash).to_hex()
                 )));
             }
-            let dest = paths::prepare_parents(&cfg.dir, &name)?;
-            let tmp = tmp_beside(&dest);
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|err| XferError::io(format!("creating {}", tmp.display()), err))?;
-            let result = (|| {
-                file.write_all(content)
-                    .map_err(|err| XferError::io(format!("writing {}", tmp.display()), err))?;
-                if let Some(hook) = &cfg.hook {
-                    let c = Candidate {
-                        name: &name,
-                        staged: &tmp,
-                        size: content.len() as u64,
-                        blake3: got,
-                    };
-                    if let Err(why) = hook.inspect(&c) {
-                        return Ok(Outcome::Refused(why));
-                    }
-                }
-                place(inner, &name, &tmp, &file, meta.mode, (meta.mtime_s, meta.mtime_ns))?;
-                Ok(Outcome::Ok)
-            })();
-            if !matches!(result, Ok(Outcome::Ok)) {
-                let _ = std::fs::remove_file(&tmp);
+            let attrs = Attrs {
+                mode: meta.mode,
+                mtime: (meta.mtime_s, meta.mtime_ns),
+            };
+            let inspect = |staged: &Path| match &cfg.hook {
+                Some(hook) => hook.inspect(&Candidate {
+                    name: &name,
+                    staged,
+                    size: content.len() as u64,
+                    blake3: got,
+                }),
+                None => Ok(()),
+            };
+            let hook: Option<dest::Inspect<'_>> = match cfg.hook {
+                Some(_) => Some(&inspect),
+                None => None,
+            };
+            match dest::put_file(&session.dest, &name, content, attrs, cfg.fsync, hook) {
+                Ok(()) => Ok(Outcome::Ok),
+                Err(PutError::Refused(why)) => Ok(Outcome::Refused(why)),
+                Err(PutError::Failed(e)) => Err(e),
             }
-            result
         }
     }
 }

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::channel::Connector;
 use super::conn::{FrameReader, FrameWriter};
 use super::error::{Result, XferError};
-use super::frame::FrameType;
+use super::frame::{self, FrameType};
 use super::handshake;
 use super::key::ClusterKey;
 use super::paths;
@@ -121,14 +121,6 @@ enum Item {
     Dir { meta: Meta },
     Symlink { meta: Meta, target: Vec<u8> },
     File { meta: Meta, path: PathBuf, size: u64 },
-}
-
-impl Item {
-    fn meta(&self) -> &Meta {
-        match self {
-            Item::Dir { meta } | Item::Symlink { meta, .. } | Item::File { meta, .. } => meta,
-        }
-    }
 }
 
 fn meta_of(rel: &Path, md: &std::fs::Metadata) -> Meta {
@@ -237,7 +229,14 @@ impl OutFile {
 #[derive(Clone)]
 enum Job {
     Data(Arc<OutFile>, u64),
-    Control { ty: FrameType, id: u64, payload: Arc<Vec<u8>> },
+    /// A control frame and the digest its MAC covers
+    /// ([`crate::xfer::frame::digest`]), computed once when it was queued.
+    Control {
+        ty: FrameType,
+        id: u64,
+        payload: Arc<Vec<u8>>,
+        digest: [u8; 32],
+    },
 }
 
 enum Reply {
@@ -335,12 +334,19 @@ impl Shared {
 
     /// Sends a control job and waits for its reply (or a fatal error).
     async fn request(&self, ty: FrameType, id: u64, payload: Vec<u8>) -> Result<Reply> {
+        let digest = frame::digest(ty, 0, &payload);
+        self.request_digested(ty, id, payload, digest).await
+    }
+
+    /// [`Shared::request`] with the frame's MAC digest already computed.
+    async fn request_digested(&self, ty: FrameType, id: u64, payload: Vec<u8>, digest: [u8; 32]) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
         self.push(Job::Control {
             ty,
             id,
             payload: Arc::new(payload),
+            digest,
         });
         let mut fatal = self.fatal.subscribe();
         tokio::select! {
@@ -595,8 +601,8 @@ async fn write_loop(shared: &Shared, conn: &Conn, writer: &mut FrameWriter) -> R
                 writer.send_data(f.id, off, data, &cv).await?;
                 shared.sent_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
-            Job::Control { ty, id, payload } => {
-                writer.send(*ty, *id, 0, payload).await?;
+            Job::Control { ty, id, payload, digest } => {
+                writer.send_digested(*ty, *id, 0, payload, digest).await?;
             }
         }
     }
@@ -851,54 +857,17 @@ async fn send_large(shared: &Arc<Shared>, id: u64, meta: Meta, path: PathBuf, si
 
 async fn send_batch(shared: &Arc<Shared>, id: u64, items: Vec<Item>) -> Result<TaskResult> {
     // Reading many small files is blocking work.
-    let (payload, names, sizes, mut failures) = tokio::task::spawn_blocking(move || {
-        let mut contents: Vec<Option<Vec<u8>>> = Vec::with_capacity(items.len());
-        let mut failures = Vec::new();
-        let mut kept = Vec::new();
-        for item in items {
-            if let Item::File { path, size, meta } = &item {
-                let mut buf = Vec::with_capacity(*size as usize);
-                let r = File::open(path).and_then(|f| f.take(*size + 1).read_to_end(&mut buf));
-                match r {
-                    Ok(n) if n as u64 == *size => contents.push(Some(buf)),
-                    Ok(_) => {
-                        failures.push((meta.display(), "the file changed size while being sent".to_string()));
-                        continue;
-                    }
-                    Err(e) => {
-                        failures.push((meta.display(), format!("cannot read: {e}")));
-                        continue;
-                    }
-                }
-            } else {
-                contents.push(None);
-            }
-            kept.push(item);
-        }
-        let entries: Vec<Entry<'_>> = kept
-            .iter()
-            .zip(&contents)
-            .map(|(item, content)| match (item, content) {
-                (Item::File { meta, .. }, Some(c)) => Entry::File {
-                    meta: meta.clone(),
-                    hash: *blake3::hash(c).as_bytes(),
-                    content: c,
-                },
-                (Item::Symlink { meta, target }, _) => Entry::Symlink {
-                    meta: meta.clone(),
-                    target: target.clone(),
-                },
-                (item, _) => Entry::Dir { meta: item.meta().clone() },
-            })
-            .collect();
-        let payload = wire::encode_batch(&entries);
-        let names: Vec<(String, bool)> = kept.iter().map(|i| (i.meta().display(), matches!(i, Item::File { .. }))).collect();
-        let sizes: Vec<u64> = contents.iter().map(|c| c.as_ref().map_or(0, |c| c.len() as u64)).collect();
-        (payload, names, sizes, failures)
-    })
-    .await
-    .map_err(|e| XferError::Protocol(format!("batch task failed: {e}")))?;
-    let outcomes = match shared.request(FrameType::Batch, id, payload).await? {
+    let built = tokio::task::spawn_blocking(move || build_batch(items))
+        .await
+        .map_err(|e| XferError::Protocol(format!("batch task failed: {e}")))?;
+    let Built {
+        payload,
+        digest,
+        names,
+        sizes,
+        mut failures,
+    } = built;
+    let outcomes = match shared.request_digested(FrameType::Batch, id, payload, digest).await? {
         Reply::Batch(o) => o,
         _ => return Err(XferError::Protocol("wrong reply to a batch".into())),
     };
@@ -924,4 +893,96 @@ async fn send_batch(shared: &Arc<Shared>, id: u64, items: Vec<Item>) -> Result<T
     }
     r.failures = failures;
     Ok(r)
+}
+
+/// A batch frame ready to send, and what its outcomes will refer to.
+struct Built {
+    payload: Vec<u8>,
+    /// The digest the frame's MAC covers ([`wire::batch_digest`]).
+    digest: [u8; 32],
+    /// Per entry: its name and whether it is a regular file.
+    names: Vec<(String, bool)>,
+    /// Per entry: content bytes (0 for directories and symlinks).
+    sizes: Vec<u64>,
+    /// Files that could not be read, left out of the batch.
+    failures: Vec<(String, String)>,
+}
+
+/// Encodes `items` into one batch payload. Each file is read straight into
+/// the payload (no copy per file) and hashed there once; that hash is both
+/// the entry's whole-file BLAKE3 and its part of the frame's MAC digest.
+fn build_batch(items: Vec<Item>) -> Built {
+    let capacity: usize = 4 + items
+        .iter()
+        .map(|i| match i {
+            Item::File { meta, size, .. } => Entry::overhead(meta.path.len()) + *size as usize + 1,
+            Item::Dir { meta } => Entry::overhead(meta.path.len()),
+            Item::Symlink { meta, target } => Entry::overhead(meta.path.len()) + target.len(),
+        })
+        .sum::<usize>();
+    let mut payload = Vec::with_capacity(capacity);
+    payload.extend_from_slice(&0u32.to_le_bytes());
+    let mut files = Vec::new();
+    let mut names = Vec::with_capacity(items.len());
+    let mut sizes = Vec::with_capacity(items.len());
+    let mut failures = Vec::new();
+    for item in items {
+        match item {
+            Item::File { meta, path, size } => {
+                let mark = payload.len();
+                let at = wire::begin_file_entry(&mut payload, &meta, size);
+                let start = payload.len();
+                if let Err(why) = read_into(&path, size, &mut payload) {
+                    payload.truncate(mark);
+                    failures.push((meta.display(), why));
+                    continue;
+                }
+                let hash = blake3::hash(&payload[start..]);
+                payload[at..at + 32].copy_from_slice(hash.as_bytes());
+                files.push((start..payload.len(), hash));
+                names.push((meta.display(), true));
+                sizes.push(size);
+            }
+            Item::Dir { meta } => {
+                names.push((meta.display(), false));
+                Entry::Dir { meta }.encode(&mut payload);
+                sizes.push(0);
+            }
+            Item::Symlink { meta, target } => {
+                names.push((meta.display(), false));
+                Entry::Symlink { meta, target }.encode(&mut payload);
+                sizes.push(0);
+            }
+        }
+    }
+    let count = names.len() as u32;
+    payload[..4].copy_from_slice(&count.to_le_bytes());
+    let digest = wire::batch_digest_with(&payload, files);
+    Built {
+        payload,
+        digest,
+        names,
+        sizes,
+        failures,
+    }
+}
+
+/// Appends the `size` bytes of the file at `path` to `out`, failing (with
+/// the reason) when it cannot be read or no longer has that size.
+fn read_into(path: &Path, size: u64, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+    let file = File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let start = out.len();
+    // One byte more than expected: a file that grew is noticed, not cut.
+    out.reserve(size as usize + 1);
+    match file.take(size + 1).read_to_end(out) {
+        Ok(n) if n as u64 == size => Ok(()),
+        Ok(_) => {
+            out.truncate(start);
+            Err("the file changed size while being sent".to_string())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(format!("cannot read: {e}"))
+        }
+    }
 }

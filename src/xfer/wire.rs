@@ -346,6 +346,82 @@ pub fn encode_batch(entries: &[Entry<'_>]) -> Vec<u8> {
     v
 }
 
+/// Appends the head of a file entry (kind, meta, size and a zero hash)
+/// whose `size` content bytes the caller appends right after, so a sender
+/// can read a file straight into the payload. Returns the offset of the
+/// hash field, to fill in once the content is known.
+pub fn begin_file_entry(out: &mut Vec<u8>, meta: &Meta, size: u64) -> usize {
+    out.push(KIND_FILE);
+    meta.encode(out);
+    out.extend_from_slice(&size.to_le_bytes());
+    let at = out.len();
+    out.extend_from_slice(&[0u8; 32]);
+    at
+}
+
+/// Domain separation of the batch digest from every other use of BLAKE3
+/// in the protocol.
+const BATCH_DIGEST_CONTEXT: &[u8] = b"drift-xfer v2 batch digest\0";
+
+/// What the MAC of a `Batch` frame covers, with the BLAKE3 of every file
+/// entry's content computed on the way.
+pub struct BatchDigest {
+    /// BLAKE3 over a context string and the payload in which each file
+    /// entry's content is replaced by its own BLAKE3 (32 bytes). The
+    /// content's length precedes it in the entry, so the replaced form is
+    /// unambiguous; two payloads with the same digest need a BLAKE3
+    /// collision, as with a plain hash of the payload.
+    pub digest: [u8; 32],
+    /// BLAKE3 of each file entry's content, in entry order; empty when the
+    /// payload does not parse (the frame then fails its MAC or, with a good
+    /// MAC, its decoding).
+    pub files: Vec<blake3::Hash>,
+}
+
+/// The digest a `Batch` frame is MAC'd with: hash-then-MAC like data
+/// frames, so each file's content is hashed once per side, and that one
+/// hash serves both the frame MAC and the file's whole-file check.
+pub fn batch_digest(payload: &[u8]) -> BatchDigest {
+    let Ok(entries) = decode_batch(payload) else {
+        let mut h = blake3::Hasher::new();
+        h.update(b"drift-xfer v2 malformed batch\0");
+        h.update(payload);
+        return BatchDigest {
+            digest: *h.finalize().as_bytes(),
+            files: Vec::new(),
+        };
+    };
+    let mut files = Vec::new();
+    let mut ranges = Vec::new();
+    for e in &entries {
+        if let Entry::File { content, .. } = e {
+            // `content` borrows from `payload`: its offset is the distance
+            // between the two pointers.
+            let start = content.as_ptr() as usize - payload.as_ptr() as usize;
+            ranges.push(start..start + content.len());
+            files.push(blake3::hash(content));
+        }
+    }
+    let digest = batch_digest_with(payload, ranges.iter().cloned().zip(files.iter().copied()));
+    BatchDigest { digest, files }
+}
+
+/// [`batch_digest`] from content hashes the caller already has (the sender
+/// computed them while building the batch): `files` gives each file
+/// entry's content range in `payload` and its BLAKE3, in order.
+pub fn batch_digest_with(payload: &[u8], files: impl IntoIterator<Item = (std::ops::Range<usize>, blake3::Hash)>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(BATCH_DIGEST_CONTEXT);
+    let mut at = 0;
+    for (range, hash) in files {
+        h.update(&payload[at..range.start]);
+        h.update(hash.as_bytes());
+        at = range.end;
+    }
+    h.update(&payload[at..]);
+    *h.finalize().as_bytes()
+}
+
 /// The receiver's totals for a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DoneReply {
@@ -391,6 +467,46 @@ mod tests {
         assert!(decode_batch(&enc[..enc.len() - 1]).is_err());
     }
 
+    #[test]
+    fn batch_digest_covers_every_byte_and_matches_the_builder() {
+        let meta = |p: &str| Meta { path: p.as_bytes().to_vec(), mode: 0o644, mtime_s: 1, mtime_ns: 2 };
+        let entries = vec![
+            Entry::File { meta: meta("a"), hash: *blake3::hash(b"hello").as_bytes(), content: b"hello" },
+            Entry::Dir { meta: meta("d") },
+            Entry::File { meta: meta("e"), hash: *blake3::hash(b"").as_bytes(), content: b"" },
+            Entry::File { meta: meta("f"), hash: *blake3::hash(b"world").as_bytes(), content: b"world" },
+        ];
+        let enc = encode_batch(&entries);
+        let d = batch_digest(&enc);
+        assert_eq!(d.files, vec![blake3::hash(b"hello"), blake3::hash(b""), blake3::hash(b"world")]);
+
+        // The sender's way: entries built in place, hashes supplied.
+        let mut built = 3u32.to_le_bytes().to_vec();
+        let mut given = Vec::new();
+        for (name, content) in [("a", &b"hello"[..]), ("e", b""), ("f", b"world")] {
+            let at = begin_file_entry(&mut built, &meta(name), content.len() as u64);
+            let start = built.len();
+            built.extend_from_slice(content);
+            let hash = blake3::hash(content);
+            built[at..at + 32].copy_from_slice(hash.as_bytes());
+            given.push((start..built.len(), hash));
+            if name == "a" {
+                Entry::Dir { meta: meta("d") }.encode(&mut built);
+            }
+        }
+        assert_eq!(built[4..], enc[4..]);
+        built[..4].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(built, enc);
+        assert_eq!(batch_digest_with(&built, given), d.digest);
+
+        // Any changed byte, content or not, changes the digest.
+        for i in 0..enc.len() {
+            let mut g = enc.clone();
+            g[i] ^= 1;
+            assert_ne!(batch_digest(&g).digest, d.digest, "byte {i}");
+        }
+    }
+
     proptest! {
         #[test]
         fn payload_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
@@ -401,6 +517,7 @@ mod tests {
             let _ = OfferReply::decode(&bytes);
             let _ = Join::decode(&bytes);
             let _ = DoneReply::decode(&bytes);
+            let _ = batch_digest(&bytes);
         }
     }
 }
