@@ -1,12 +1,27 @@
 #!/usr/bin/env bash
 # drift xfer against a local copy, rsync (daemon mode) and curl → vsftpd,
 # on loopback, in one run; then drift xfer across two network namespaces
-# joined by a veth pair shaped with tc netem, with 1 to 8 streams.
+# joined by a veth pair, over a shaped link (default 1 Gbit/s and 20 ms
+# each way), with 1 to 10 streams. Where the kernel has netem the veth ends
+# are shaped with tc netem and carry the transfers. Where it has not
+# (CONFIG_NET_SCH_NETEM unset: tc cannot add delay) bench/linkem, a
+# user-space link emulator, forwards the transfers between a TUN device in
+# each namespace with the same rate and delay, behind a drop-tail queue of
+# one bandwidth-delay product; the veth pair then stays the plain,
+# unshaped path between the namespaces (its ping is the base RTT).
 #
 #   sudo bench/xfer.sh                 # everything
 #   RUNS=5 sudo bench/xfer.sh          # more repetitions (median is printed)
 #   SKIP_NETEM=1 bench/xfer.sh         # loopback only
-#   NETEM="rate 1gbit delay 20ms" ...  # the shaping applied on both veth ends
+#   ONLY_SHAPED=1 sudo bench/xfer.sh   # the shaped link only
+#   NETEM="rate 1gbit delay 20ms" ...  # the shaping of each direction
+#                                      # (linkem takes only rate and delay)
+#   SHAPED_STREAMS="1 2 4 8 10" ...    # the stream counts of the shaped run
+#   NETEM_SIZE_MB=256 ...              # the file sent over the shaped link
+#   LINKEM_MTU=9000 LINKEM_LIMIT=bdp   # linkem's TUN MTU and queue bound
+#   SHAPED_TCP_RMEM="4096 131072 4194304" SHAPED_TCP_WMEM=...
+#                                      # TCP buffer sysctls set inside both
+#                                      # namespaces (default: inherited)
 #   BENCH_DIR=/dev/shm ...             # where data and destinations live
 #                                      # (default /var/tmp: the disk)
 #   SETTLE=3 ...                       # seconds of quiet before each timing
@@ -20,7 +35,8 @@
 # limit is `cp --reflink=never` (a plain read/write copy; a bare `cp` may
 # clone the file on this filesystem and copy nothing).
 #
-# Needs root (namespaces, vsftpd), rsync, vsftpd, curl, iproute2.
+# Needs root (namespaces, vsftpd), rsync, vsftpd, curl, iproute2 (ping,
+# if installed, shows the shaped link's RTT).
 # All traffic stays on 127.0.0.1 or inside the namespaces it creates; the
 # namespaces, daemons and temp data are removed on exit.
 set -euo pipefail
@@ -28,14 +44,19 @@ set -euo pipefail
 RUNS=${RUNS:-3}
 NETEM=${NETEM:-rate 1gbit delay 20ms}
 NETEM_SIZE_MB=${NETEM_SIZE_MB:-256}
+SHAPED_STREAMS=${SHAPED_STREAMS:-1 2 4 8 10}
+SHAPED_TIMEOUT=${SHAPED_TIMEOUT:-300}
+LINKEM_MTU=${LINKEM_MTU:-9000}
+LINKEM_LIMIT=${LINKEM_LIMIT:-bdp}
 TREE_FILES=${TREE_FILES:-10000}
 STREAMS=${STREAMS:-2}
 here=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-xfer}
 
 echo "== building release"
-(cd "$here" && cargo build --release --quiet)
+(cd "$here" && cargo build --release --quiet -p drift -p drift-linkem)
 drift="$CARGO_TARGET_DIR/release/drift"
+linkem="$CARGO_TARGET_DIR/release/linkem"
 
 SETTLE=${SETTLE:-3}
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/drift-xfer-bench.XXXXXX")
@@ -62,6 +83,124 @@ wait_port() {
   done
   echo "nothing listens on port $1" >&2; return 1
 }
+
+# --- shaped link: two namespaces --------------------------------------------
+# $ns1 and $ns2 are joined by a veth pair, 10.203.0.1 - 10.203.0.2. With netem
+# its ends are shaped and carry the transfers. Without netem the transfers go
+# to 10.203.1.2 over TUN devices (10.203.1.1 - 10.203.1.2) forwarded by
+# linkem, and the veth pair stays unshaped.
+shaped() {
+  echo
+  echo "== shaped link: $ns1 <-> $ns2, ${NETEM_SIZE_MB} MiB file"
+  ip netns add "$ns1"; ip netns add "$ns2"
+  ip link add dxb-a-$$ netns "$ns1" type veth peer name dxb-b-$$ netns "$ns2"
+  ip -n "$ns1" addr add 10.203.0.1/30 dev dxb-a-$$
+  ip -n "$ns2" addr add 10.203.0.2/30 dev dxb-b-$$
+  ip -n "$ns1" link set dxb-a-$$ up; ip -n "$ns1" link set lo up
+  ip -n "$ns2" link set dxb-b-$$ up; ip -n "$ns2" link set lo up
+  local ns target=10.203.0.2 linkem_pid=
+  for ns in "$ns1" "$ns2"; do
+    [[ -z "${SHAPED_TCP_RMEM:-}" ]] || ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_rmem="$SHAPED_TCP_RMEM"
+    [[ -z "${SHAPED_TCP_WMEM:-}" ]] || ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_wmem="$SHAPED_TCP_WMEM"
+  done
+  # netem's own queue must hold a bandwidth-delay product (1 Gbit/s * 20 ms
+  # = 2.5 MB, ~1700 packets); the default limit of 1000 would drop.
+  if ip netns exec "$ns1" tc qdisc add dev dxb-a-$$ root netem $NETEM limit 100000 2>/dev/null; then
+    ip netns exec "$ns2" tc qdisc add dev dxb-b-$$ root netem $NETEM limit 100000
+    echo "shaping: netem $NETEM on both veth ends"
+  else
+    # No netem in this kernel: emulate the link in user space.
+    local rate=0 delay=0 w
+    local -a words=($NETEM)
+    for ((w = 0; w < ${#words[@]}; w += 2)); do
+      case ${words[w]} in
+        rate) rate=${words[w + 1]} ;;
+        delay) delay=${words[w + 1]} ;;
+        *) echo "netem is not available and linkem takes only rate and delay, not '${words[w]}'" >&2; return 1 ;;
+      esac
+    done
+    ip -n "$ns1" tuntap add dev dxl-a-$$ mode tun
+    ip -n "$ns2" tuntap add dev dxl-b-$$ mode tun
+    ip -n "$ns1" link set dxl-a-$$ mtu "$LINKEM_MTU" up
+    ip -n "$ns2" link set dxl-b-$$ mtu "$LINKEM_MTU" up
+    ip -n "$ns1" addr add 10.203.1.1 peer 10.203.1.2 dev dxl-a-$$
+    ip -n "$ns2" addr add 10.203.1.2 peer 10.203.1.1 dev dxl-b-$$
+    "$linkem" -a "$ns1:dxl-a-$$" -b "$ns2:dxl-b-$$" --delay "$delay" --rate "$rate" \
+      --limit "$LINKEM_LIMIT" >"$work/linkem.out" 2>"$work/linkem.err" &
+    linkem_pid=$!
+    pids+=($linkem_pid)
+    for _ in $(seq 100); do
+      [[ -s "$work/linkem.out" ]] && break
+      kill -0 "$linkem_pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    [[ -s "$work/linkem.out" ]] || { cat "$work/linkem.err" >&2; echo "linkem did not start" >&2; return 1; }
+    echo "shaping: netem is not available in this kernel; user-space link emulator:"
+    echo "  $(cat "$work/linkem.out")"
+    echo "  transfers over the TUN pair 10.203.1.1 -> 10.203.1.2; the veth pair is unshaped"
+    target=10.203.1.2
+  fi
+  echo "TCP in the namespaces: $(ip netns exec "$ns1" sysctl -n net.ipv4.tcp_congestion_control)," \
+    "tcp_rmem $(ip netns exec "$ns1" sysctl -n net.ipv4.tcp_rmem | tr '\t' ' ')," \
+    "tcp_wmem $(ip netns exec "$ns1" sysctl -n net.ipv4.tcp_wmem | tr '\t' ' ')"
+  if command -v ping >/dev/null; then
+    [[ $target == 10.203.0.2 ]] ||
+      echo "ping veth 10.203.0.2:   $(ip netns exec "$ns1" ping -q -c 5 -i 0.2 -W 2 10.203.0.2 | tail -1)"
+    echo "ping shaped $target: $(ip netns exec "$ns1" ping -q -c 5 -i 0.2 -W 2 "$target" | tail -1)"
+  fi
+
+  [[ -f "$work/key" ]] || "$drift" xfer keygen "$work/key" >/dev/null
+  mkdir -p "$work/src"
+  if [[ -f "$work/src/big.bin" ]]; then
+    head -c $((NETEM_SIZE_MB << 20)) "$work/src/big.bin" > "$work/src/net.bin"
+  else
+    head -c $((NETEM_SIZE_MB << 20)) /dev/urandom > "$work/src/net.bin"
+  fi
+  local net_bytes; net_bytes=$(stat -c %s "$work/src/net.bin")
+  mkdir -p "$work/dst/net"
+  ip netns exec "$ns2" "$drift" xfer recv --listen $target:7070 --key "$work/key" \
+    --dir "$work/dst/net" --log warn >"$work/recv-net.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    ip netns exec "$ns1" bash -c "exec 3<>/dev/tcp/$target/7070" 2>/dev/null && break
+    sleep 0.05
+  done
+  # Stream counts interleaved run by run (1, 2, 4, ..., 1, 2, 4, ...).
+  local -A t=()
+  local n a b
+  for _ in $(seq "$RUNS"); do
+    for n in $SHAPED_STREAMS; do
+      rm -rf "$work/dst/net"/*; sync; sleep "$SETTLE"
+      a=$(now)
+      timeout "$SHAPED_TIMEOUT" ip netns exec "$ns1" "$drift" --log warn xfer send --to $target:7070 \
+        --key "$work/key" --streams "$n" "$work/src/net.bin" >/dev/null ||
+        { echo "send with $n streams failed or took over ${SHAPED_TIMEOUT}s" >&2; return 1; }
+      b=$(now)
+      t[$n]+=" $(echo "$b - $a" | bc -l)"
+    done
+  done
+  cmp -s "$work/src/net.bin" "$work/dst/net/net.bin" || { echo "the shaped transfer delivered a different file!" >&2; return 1; }
+  local -A med=()
+  for n in $SHAPED_STREAMS; do
+    med[$n]=$(printf '%s\n' ${t[$n]} | median)
+  done
+  local first=${SHAPED_STREAMS%% *}
+  for n in $SHAPED_STREAMS; do
+    printf 'streams %-2s median %7.3f s  %7.1f Mbit/s  %5.2fx of %s stream(s)   runs:%s\n' "$n" "${med[$n]}" \
+      "$(echo "$net_bytes * 8 / ${med[$n]} / 1000000" | bc -l)" \
+      "$(echo "${med[$first]} / ${med[$n]}" | bc -l)" "$first" "${t[$n]}"
+  done
+  if [[ -n $linkem_pid ]]; then
+    kill "$linkem_pid"; wait "$linkem_pid" || true
+    sed 's/^/  /' "$work/linkem.err"
+  fi
+}
+
+if [[ -n "${ONLY_SHAPED:-}" ]]; then
+  [[ -z "${SKIP_NETEM:-}" ]] || { echo "ONLY_SHAPED and SKIP_NETEM leave nothing to run" >&2; exit 1; }
+  shaped
+  exit 0
+fi
 
 echo "== generating data in $work"
 mkdir -p "$work/src/tree" "$work/dst"
@@ -197,53 +336,4 @@ for name in big tree; do
   done
 done
 
-# --- netem: two namespaces ---------------------------------------------------
-if [[ -n "${SKIP_NETEM:-}" ]]; then exit 0; fi
-echo
-echo "== shaped link: $ns1 <-> $ns2 over veth, ${NETEM_SIZE_MB} MiB file"
-ip netns add "$ns1"; ip netns add "$ns2"
-ip link add dxb-a-$$ netns "$ns1" type veth peer name dxb-b-$$ netns "$ns2"
-ip -n "$ns1" addr add 10.203.0.1/30 dev dxb-a-$$
-ip -n "$ns2" addr add 10.203.0.2/30 dev dxb-b-$$
-ip -n "$ns1" link set dxb-a-$$ up; ip -n "$ns1" link set lo up
-ip -n "$ns2" link set dxb-b-$$ up; ip -n "$ns2" link set lo up
-# netem's own queue must hold a bandwidth-delay product (1 Gbit/s * 20 ms
-# = 2.5 MB, ~1700 packets); the default limit of 1000 would drop.
-if ip netns exec "$ns1" tc qdisc add dev dxb-a-$$ root netem $NETEM limit 100000 2>/dev/null; then
-  ip netns exec "$ns2" tc qdisc add dev dxb-b-$$ root netem $NETEM limit 100000
-  echo "shaping: netem $NETEM on both ends"
-else
-  # Kernels built without CONFIG_NET_SCH_NETEM cannot add delay; shape the
-  # rate alone with a token bucket and say so.
-  echo "shaping: netem is not available in this kernel; tbf rate 1gbit only (no added delay)"
-  ip netns exec "$ns1" tc qdisc add dev dxb-a-$$ root tbf rate 1gbit burst 256kb latency 50ms
-  ip netns exec "$ns2" tc qdisc add dev dxb-b-$$ root tbf rate 1gbit burst 256kb latency 50ms
-fi
-head -c $((NETEM_SIZE_MB << 20)) "$work/src/big.bin" > "$work/src/net.bin"
-net_bytes=$(stat -c %s "$work/src/net.bin")
-mkdir -p "$work/dst/net"
-ip netns exec "$ns2" "$drift" xfer recv --listen 10.203.0.2:7070 --key "$work/key" \
-  --dir "$work/dst/net" --log warn >"$work/recv-net.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-  ip netns exec "$ns1" bash -c 'exec 3<>/dev/tcp/10.203.0.2/7070' 2>/dev/null && break
-  sleep 0.05
-done
-declare -A net
-for n in 1 2 4 8; do
-  t=()
-  for _ in $(seq "$RUNS"); do
-    rm -rf "$work/dst/net"/*; sync; sleep "$SETTLE"
-    a=$(now)
-    ip netns exec "$ns1" "$drift" --log warn xfer send --to 10.203.0.2:7070 --key "$work/key" --streams "$n" "$work/src/net.bin" >/dev/null
-    b=$(now)
-    t+=("$(echo "$b - $a" | bc -l)")
-  done
-  med=$(printf '%s\n' "${t[@]}" | median)
-  net[$n]=$med
-  printf 'streams %-2s median %7.3f s  %7.1f Mbit/s   runs: %s\n' "$n" "$med" \
-    "$(echo "$net_bytes * 8 / $med / 1000000" | bc -l)" "${t[*]}"
-done
-for n in 2 4 8; do
-  printf 'streams %s vs 1: %.2fx\n' "$n" "$(echo "${net[1]} / ${net[$n]}" | bc -l)"
-done
+if [[ -z "${SKIP_NETEM:-}" ]]; then shaped; fi
