@@ -59,6 +59,7 @@ use fuser::{
 };
 use tracing::{debug, error, info, warn};
 
+use crate::hints::{ContentHints, Offer};
 use crate::journal::{Change, Journal, Op, SyncMode};
 
 /// How long the kernel may cache names and attributes. Short, because the
@@ -181,6 +182,15 @@ struct OpenState {
     handles: u32,
     /// Opened for writing at least once while open.
     writable: bool,
+    /// Handles opened for writing while open; a content offer is only
+    /// trusted when this is one.
+    write_opens: u32,
+    /// Resized by a path truncation while open (not through a handle):
+    /// a content offer cannot account for that.
+    resized: bool,
+    /// [`ContentHints::now`] when the first handle opened: offers made
+    /// before it belong to an earlier open and are stale.
+    opened: u64,
     /// Content certainly changed (create, O_TRUNC, truncate, write).
     dirty: bool,
     /// ctime of the backing file when first opened for writing, or after
@@ -209,6 +219,8 @@ pub(crate) struct DriftFs {
     next_fh: AtomicU64,
     /// Content locks, striped by inode number (see the lock order).
     content: Vec<Mutex<()>>,
+    /// Hashes offered by an in-process writer (see [`ContentHints`]).
+    hints: Arc<ContentHints>,
     /// Set when a journal append failed: from then on every change is
     /// refused with EIO rather than applied unrecorded.
     broken: AtomicBool,
@@ -314,7 +326,13 @@ fn to_timespec(t: Option<TimeOrNow>) -> libc::timespec {
 }
 
 impl DriftFs {
-    pub(crate) fn new(backing: PathBuf, journal: Arc<Journal>, sync: SyncMode, passthrough: bool) -> Self {
+    pub(crate) fn new(
+        backing: PathBuf,
+        journal: Arc<Journal>,
+        hints: Arc<ContentHints>,
+        sync: SyncMode,
+        passthrough: bool,
+    ) -> Self {
         DriftFs {
             backing,
             journal,
@@ -327,6 +345,7 @@ impl DriftFs {
             open: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             content: (0..64).map(|_| Mutex::new(())).collect(),
+            hints,
             broken: AtomicBool::new(false),
         }
     }
@@ -403,17 +422,24 @@ impl DriftFs {
     /// The `write` change for a file's current content (path left empty
     /// for the caller to fill in under the inode lock). Hashing is done
     /// without any lock held: a 1 GiB file must not stall renames.
-    fn write_change(&self, file: &File) -> FsResult<Change> {
+    fn write_change(&self, file: &File, offer: Option<Offer>) -> FsResult<Change> {
         if self.sync == SyncMode::Full {
             file.sync_all().map_err(errno)?;
         }
-        let (hash, size, mode) = crate::hash::hash_file_mode(file).map_err(errno)?;
+        let md = match offer {
+            Some(_) => Some(file.metadata().map_err(errno)?),
+            None => None,
+        };
+        let (hash, size, mode) = match (offer, md) {
+            (Some(o), Some(md)) if md.len() == o.size => (o.hash, o.size, md.mode()),
+            _ => crate::hash::hash_file_mode(file).map_err(errno)?,
+        };
         Ok(Change { size: Some(size), blake3: Some(hash.to_hex().to_string()), mode: Some(mode & 0o7777), ..Change::new(Op::Write, "") })
     }
 
     /// Hashes the file and appends its `write` entry for `rel`.
     fn journal_write(&self, rel: &Path, file: &File) -> FsResult<()> {
-        let c = self.write_change(file)?;
+        let c = self.write_change(file, None)?;
         self.record(Change { path: jpath(rel), ..c })
     }
 
@@ -437,12 +463,16 @@ impl DriftFs {
         {
             let mut open = lock(&self.open);
             let st = open.entry(ino).or_default();
+            if st.handles == 0 {
+                st.opened = self.hints.now();
+            }
             st.handles += 1;
             if write {
                 if !st.writable {
                     st.baseline = baseline;
                 }
                 st.writable = true;
+                st.write_opens += 1;
             }
             st.dirty |= changed;
         }
@@ -482,9 +512,14 @@ impl DriftFs {
     }
 
     fn mark_dirty(&self, ino: u64) -> bool {
+        self.mark_open(ino, |st| st.dirty = true)
+    }
+
+    /// Applies `f` to the inode's open state; false if it is not open.
+    fn mark_open(&self, ino: u64, f: impl FnOnce(&mut OpenState)) -> bool {
         match lock(&self.open).get_mut(&ino) {
             Some(st) => {
-                st.dirty = true;
+                f(st);
                 true
             }
             None => false,
@@ -578,13 +613,20 @@ impl DriftFs {
         // Journal. A truncation of an open file is part of that file's
         // write (journaled at release); of a closed file it is a write now.
         if let Ok(rel) = &rel {
-            // mark_dirty is false when the file is not open.
-            if size.is_some() && !self.mark_dirty(ino) {
-                let f = match &handle {
-                    Some(h) => h.clone(),
-                    None => Arc::new(File::open(self.full(rel)).map_err(errno)?),
-                };
-                self.journal_write(rel, &f)?;
+            // mark_open is false when the file is not open.
+            if size.is_some() {
+                let through_handle = handle.is_some();
+                let marked = self.mark_open(ino, |st| {
+                    st.dirty = true;
+                    st.resized |= !through_handle;
+                });
+                if !marked {
+                    let f = match &handle {
+                        Some(h) => h.clone(),
+                        None => Arc::new(File::open(self.full(rel)).map_err(errno)?),
+                    };
+                    self.journal_write(rel, &f)?;
+                }
             }
             if mode.is_some() || mtime.is_some() {
                 let mut c = Change::new(Op::Attr, jpath(rel));
@@ -698,7 +740,14 @@ impl DriftFs {
         if !changed {
             return Ok(());
         }
-        let change = self.write_change(&handle.file)?;
+        // An offer is taken (so it cannot outlive this release) but only
+        // used when the offering handle was the file's only writer.
+        let offer = match self.read_inodes().path(ino) {
+            Ok(rel) => self.hints.take(&jpath(&rel)),
+            Err(_) => None,
+        };
+        let offer = offer.filter(|o| st.write_opens == 1 && !st.resized && o.made > st.opened);
+        let change = self.write_change(&handle.file, offer)?;
         // A rename since the hash is journaled already, so the entry goes
         // under the name the file has now, after it.
         let inodes = self.read_inodes();

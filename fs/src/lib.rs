@@ -11,6 +11,7 @@
 //! - `fs` (private): the FUSE handlers, inode and handle tables.
 //! - [`mount`]: validating a mount request, mounting, unmounting.
 //! - [`hash`]: BLAKE3 of files, shared by everything below.
+//! - [`hints`]: content hashes an in-process writer offers at close.
 //! - [`blobs`]: the content-addressed blob store (`journal pack`).
 //! - [`replay`]: applying a journal onto another directory.
 //! - [`verify`]: comparing a backing tree with what its journal says.
@@ -20,6 +21,7 @@ mod fs;
 pub mod blobs;
 pub mod digest;
 pub mod hash;
+pub mod hints;
 pub mod journal;
 pub mod model;
 pub mod mount;
@@ -27,4 +29,5 @@ pub mod replay;
 pub mod verify;
 
 pub use journal::{Change, Entry, Journal, JournalError, Op, Stats, SyncMode};
+pub use hints::ContentHints;
 pub use mount::{FsError, Mount, MountConfig};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::fs::DriftFs;
+use crate::hints::ContentHints;
 use crate::journal::{Change, Journal, JournalError, Op, SyncMode};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,7 @@ impl MountConfig {
 pub struct Mount {
     session: Option<fuser::BackgroundSession>,
     journal: Arc<Journal>,
+    hints: Arc<ContentHints>,
     mountpoint: PathBuf,
 }
 
@@ -179,7 +181,8 @@ impl Mount {
             record_baseline(&journal, &backing)?;
         }
 
-        let fs = DriftFs::new(backing.clone(), journal.clone(), cfg.sync, cfg.passthrough);
+        let hints = Arc::new(ContentHints::default());
+        let fs = DriftFs::new(backing.clone(), journal.clone(), hints.clone(), cfg.sync, cfg.passthrough);
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName(format!("drift:{}", backing.display())),
@@ -198,11 +201,17 @@ impl Mount {
         let session = fuser::spawn_mount(fs, &mountpoint, &config)
             .map_err(|source| FsError::Mount { path: mountpoint.clone(), source })?;
         info!(backing = %backing.display(), mountpoint = %mountpoint.display(), journal = %cfg.journal.display(), "mounted");
-        Ok(Mount { session: Some(session), journal, mountpoint })
+        Ok(Mount { session: Some(session), journal, hints, mountpoint })
     }
 
     pub fn journal(&self) -> Arc<Journal> {
         self.journal.clone()
+    }
+
+    /// Where an in-process writer offers the hashes of files it wrote
+    /// (see [`ContentHints`]), sparing the read-back at release.
+    pub fn content_hints(&self) -> Arc<ContentHints> {
+        self.hints.clone()
     }
 
     pub fn mountpoint(&self) -> &Path {

@@ -98,7 +98,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     };
     let commit: Option<Arc<dyn CommitLog>> = mount
         .as_ref()
-        .map(|m| Arc::new(mount::JournalCommits::new(m.journal())) as Arc<dyn CommitLog>);
+        .map(|m| Arc::new(mount::JournalCommits::new(m)) as Arc<dyn CommitLog>);
     let result = (|| {
         ensure_homes(&served_root, &state.current())?;
         let ctx = Arc::new(StorageContext {

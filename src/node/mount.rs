@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drift_fs::{Journal, Mount, MountConfig, Op, SyncMode};
+use drift_fs::{ContentHints, Journal, Mount, MountConfig, Op, SyncMode};
 
 use super::config::{NodeConfig, StorageMode};
 use super::storage::CommitLog;
@@ -15,11 +15,12 @@ use super::storage::CommitLog;
 #[derive(Debug)]
 pub struct JournalCommits {
     journal: Arc<Journal>,
+    hints: Arc<ContentHints>,
 }
 
 impl JournalCommits {
-    pub fn new(journal: Arc<Journal>) -> Self {
-        JournalCommits { journal }
+    pub fn new(mount: &Mount) -> Self {
+        JournalCommits { journal: mount.journal(), hints: mount.content_hints() }
     }
 }
 
@@ -33,6 +34,10 @@ impl CommitLog for JournalCommits {
             .wait_for(after, timeout, |e| e.op == Op::Write && e.path == path)
             .map(|e| e.is_some())
             .map_err(io::Error::other)
+    }
+
+    fn offer(&self, path: &str, size: u64, hash: blake3::Hash) {
+        self.hints.offer(path, size, hash);
     }
 }
 

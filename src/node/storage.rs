@@ -60,6 +60,11 @@ pub trait CommitLog: Send + Sync + Debug {
     /// starting with `/`) is appended after `after`, or `timeout` passes.
     /// Returns whether it appeared.
     fn wait_written(&self, after: u64, path: &str, timeout: Duration) -> io::Result<bool>;
+    /// Offers the BLAKE3 of an upload the node hashed while writing it, so
+    /// the filesystem need not read the file back before journaling it.
+    /// Called just before the file is closed; the filesystem checks the
+    /// offer could not be wrong before it uses it.
+    fn offer(&self, path: &str, size: u64, hash: blake3::Hash);
 }
 
 /// What every session's backend shares.
@@ -285,6 +290,27 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
     }
 }
 
+/// Runs a zero-copy transfer loop on a thread of its own. A new thread is
+/// placed by the scheduler on the least loaded CPU, while a pooled one
+/// wakes where it last ran: measured on loopback, 1 GiB downloads through
+/// `spawn_blocking` ran at 8.5 GB/s (median of 12, some runs at 3.3) and on
+/// their own thread at 10.6 GB/s. One thread per transfer costs tens of
+/// microseconds, nothing beside an FTP command round trip.
+async fn on_own_thread<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("drift-xfer".into())
+        .spawn(move || {
+            // The receiver is gone only if the session was dropped.
+            let _ = tx.send(f());
+        })
+        .map_err(Error::from)?;
+    match rx.await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::new(ErrorKind::LocalError, "transfer thread ended without a result")),
+    }
+}
+
 fn stalled(what: &str, limit: Duration) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
@@ -443,12 +469,49 @@ impl StorageBackend<NodeUser> for DriftStorage {
         // Written blocks come back for reuse: no allocation or zeroing of
         // a fresh block per chunk.
         let (pool_tx, mut pool_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH + 2);
+        // A whole-file upload is hashed on its own thread as it is
+        // written, and the hash offered to drift-fs before the close: the
+        // 226 then waits for a journal append, not for a read of the file.
+        let offer_to = match (&self.ctx.commit, start_pos) {
+            (Some(c), 0) => Some((c.clone(), upload.journal_path.clone())),
+            _ => None,
+        };
         let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut pos = start_pos;
+            let (hash_tx, hasher) = match offer_to {
+                Some(_) => {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+                    let pool = pool_tx.clone();
+                    let hasher = std::thread::spawn(move || {
+                        let mut h = blake3::Hasher::new();
+                        for block in rx {
+                            h.update(&block);
+                            let _ = pool.try_send(block);
+                        }
+                        h.finalize()
+                    });
+                    (Some(tx), Some(hasher))
+                }
+                None => (None, None),
+            };
             while let Some(block) = rx.blocking_recv() {
                 file.write_all_at(&block, pos)?;
                 pos += block.len() as u64;
-                let _ = pool_tx.try_send(block);
+                match &hash_tx {
+                    Some(tx) => {
+                        if tx.send(block).is_err() {
+                            return Err(io::Error::other("upload hasher stopped"));
+                        }
+                    }
+                    None => {
+                        let _ = pool_tx.try_send(block);
+                    }
+                }
+            }
+            drop(hash_tx);
+            if let (Some((commit, path)), Some(hasher)) = (offer_to, hasher) {
+                let hash = hasher.join().map_err(|_| io::Error::other("upload hasher panicked"))?;
+                commit.offer(&path, pos, hash);
             }
             if fsync {
                 let t = std::time::Instant::now();
@@ -525,16 +588,40 @@ impl StorageBackend<NodeUser> for DriftStorage {
         let (file, upload) = self.open_upload(user, path.as_ref(), start_pos).await?;
         let socket = socket.into_std()?;
         let (fsync, limit, stop) = (self.ctx.fsync_uploads, self.stall_limit(), self.ctx.stopping.clone());
-        let received = blocking(move || {
-            let got = zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, &stop);
+        // A whole-file upload is hashed while it arrives (on another
+        // thread, from the page cache) and the hash offered to drift-fs
+        // before the close: the 226 then waits for a journal append, not
+        // for a read-back of the whole file.
+        let offer = match (&self.ctx.commit, start_pos) {
+            (Some(commit), 0) => {
+                let home = self.session()?.home.clone();
+                let rel = resolve(path.as_ref())?;
+                let reader = blocking(move || Ok(home.open(&rel)?.into_std())).await?;
+                Some((commit.clone(), upload.journal_path.clone(), zerocopy::TailHasher::start(reader)?))
+            }
+            _ => None,
+        };
+        let transfer = move || {
+            let mut got = match &offer {
+                Some((_, _, hasher)) => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, &stop, &mut |end| hasher.advance(end)),
+                None => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, &stop, &mut |_| {}),
+            };
+            if let Some((commit, path, hasher)) = offer {
+                match hasher.finish(got.bytes) {
+                    Ok(hash) if got.result.is_ok() => commit.offer(&path, got.bytes, hash),
+                    Ok(_) => {}
+                    // Not fatal: drift-fs then hashes the file itself.
+                    Err(e) => tracing::warn!(error = %e, "could not hash the upload while receiving it"),
+                }
+            }
             if got.result.is_ok() && fsync {
-                file.sync_all()?;
+                got.result = file.sync_all();
             }
             // close(2) here, before the journal wait starts.
             drop(file);
             Ok(got)
-        })
-        .await?;
+        };
+        let received = on_own_thread(transfer).await?;
         // Bytes that arrived before a failure stay in the file, so a
         // resumed upload (SIZE, then REST or APPE) continues from them.
         received.result?;
@@ -557,7 +644,7 @@ impl StorageBackend<NodeUser> for DriftStorage {
         let (limit, stop) = (self.stall_limit(), self.ctx.stopping.clone());
         // Serve the file as it was when opened: stop at `len` even if
         // someone keeps appending.
-        let sent = blocking(move || zerocopy::send_file(sock.as_fd(), &file, start_pos, len, limit, &stop)).await?;
+        let sent = on_own_thread(move || zerocopy::send_file(sock.as_fd(), &file, start_pos, len, limit, &stop)).await?;
         match sent {
             zerocopy::Sent::Done(n) => Ok(n),
             zerocopy::Sent::Unsupported => {
