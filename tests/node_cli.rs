@@ -213,6 +213,42 @@ fn plain_mode_serves_the_backing_directory_without_a_journal() {
 }
 
 #[test]
+fn sigterm_stops_transfers_in_flight_and_unmounts() {
+    use std::io::Write;
+    let mut node = TestNode::start(NodeSetup::default());
+    let big = data(64 << 20, 11);
+    let mut f = Ftp::login(node.addr, "alice", "alice-pw-1");
+    let (first, last) = f.stor("big.bin", &big);
+    assert_eq!((first.0, last.0), (150, 226));
+    // A download whose client stops reading, and an upload that stalls
+    // after a few bytes: both sit in zero-copy transfer threads.
+    let mut down = Ftp::login(node.addr, "alice", "alice-pw-1");
+    let _unread = down.epsv();
+    assert_eq!(down.cmd("RETR big.bin").0, 150);
+    let mut up = Ftp::login(node.addr, "alice", "alice-pw-1");
+    let mut slow = up.epsv();
+    assert_eq!(up.cmd("STOR slow.bin").0, 150);
+    slow.write_all(b"first bytes").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let t = std::time::Instant::now();
+    let status = node.stop();
+    assert!(status.success(), "exit {status:?}:\n{}", node.logs());
+    assert!(t.elapsed() < Duration::from_secs(8), "stopping took {:?}", t.elapsed());
+    assert!(!node.is_mounted(), "still mounted after the stop");
+    assert!(!node.logs().contains("unmount failed"), "{}", node.logs());
+    // The bytes the stalled upload had delivered were closed and journaled
+    // before the unmount.
+    assert_eq!(std::fs::read(node.backing.join("alice/slow.bin")).unwrap(), b"first bytes");
+    let journaled: Vec<String> = node.journal_since(0).iter().map(describe).collect();
+    assert!(
+        journaled.contains(&write_entry("/alice/slow.bin", b"first bytes")),
+        "{journaled:#?}"
+    );
+    drop(slow);
+}
+
+#[test]
 fn help_documents_the_file_formats() {
     let out = drift(&["node", "--help"]);
     let help = String::from_utf8_lossy(&out.stdout);

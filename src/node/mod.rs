@@ -29,7 +29,6 @@ pub mod users;
 mod zerocopy;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,7 +108,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             fsync_uploads: cfg.fsync_uploads,
             commit_timeout: cfg.commit_timeout,
             io_chunk: cfg.io_chunk,
-            stopping: Arc::new(AtomicBool::new(false)),
+            transfers: Arc::new(zerocopy::Transfers::default()),
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -117,9 +116,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             .build()
             .map_err(NodeError::Runtime)?;
         let alive = || mount.as_ref().is_none_or(|m| m.is_alive());
+        let transfers = ctx.transfers.clone();
         let outcome = rt.block_on(serve(ctx, &alive));
         // Sessions are tasks of this runtime: dropping it ends them.
         rt.shutdown_timeout(Duration::from_secs(5));
+        // Transfer threads were told to stop; their files must be closed
+        // before the unmount.
+        if !transfers.wait_idle(Duration::from_secs(5)) {
+            tracing::warn!("transfers still running after 5 s; unmounting anyway");
+        }
         outcome
     })();
     if let Some(m) = mount {
@@ -137,7 +142,7 @@ async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool) -> Result<(),
     use tokio::signal::unix::{signal, SignalKind};
     let state = ctx.state.clone();
     let root = ctx.served_root.clone();
-    let stopping = ctx.stopping.clone();
+    let transfers = ctx.transfers.clone();
     let front = Arc::new(server::Front::new(ctx));
     let listener = front.bind().await?;
     let addr = listener.local_addr().map_err(|source| server::ServerError::Bind {
@@ -172,7 +177,7 @@ async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool) -> Result<(),
             _ = tick.tick() => if !alive() { break Err(NodeError::MountLost) },
         }
     };
-    stopping.store(true, Ordering::Relaxed);
+    transfers.stop();
     let _ = stop_tx.send(true);
     let _ = accept.await;
     tracing::info!(sessions = front.sessions.total(), "FTP server stopped");

@@ -29,7 +29,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::os::fd::AsFd;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,9 +78,9 @@ pub struct StorageContext {
     pub fsync_uploads: bool,
     pub commit_timeout: Duration,
     pub io_chunk: usize,
-    /// Set when the node starts stopping: zero-copy transfers, which run
-    /// on blocking threads the runtime cannot cancel, give up then.
-    pub stopping: Arc<AtomicBool>,
+    /// The zero-copy transfer threads (told to stop, and waited for, when
+    /// the node stops).
+    pub transfers: Arc<zerocopy::Transfers>,
 }
 
 /// State of one logged-in session.
@@ -296,13 +295,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
 /// `spawn_blocking` ran at 8.5 GB/s (median of 12, some runs at 3.3) and on
 /// their own thread at 10.6 GB/s. One thread per transfer costs tens of
 /// microseconds, nothing beside an FTP command round trip.
-async fn on_own_thread<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T> {
+async fn on_own_thread<T: Send + 'static>(
+    transfers: &Arc<zerocopy::Transfers>,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("drift-xfer".into())
-        .spawn(move || {
+    transfers
+        .spawn(f, move |r| {
             // The receiver is gone only if the session was dropped.
-            let _ = tx.send(f());
+            let _ = tx.send(r);
         })
         .map_err(Error::from)?;
     match rx.await {
@@ -587,7 +588,7 @@ impl StorageBackend<NodeUser> for DriftStorage {
     {
         let (file, upload) = self.open_upload(user, path.as_ref(), start_pos).await?;
         let socket = socket.into_std()?;
-        let (fsync, limit, stop) = (self.ctx.fsync_uploads, self.stall_limit(), self.ctx.stopping.clone());
+        let (fsync, limit, transfers) = (self.ctx.fsync_uploads, self.stall_limit(), self.ctx.transfers.clone());
         // A whole-file upload is hashed while it arrives (on another
         // thread, from the page cache) and the hash offered to drift-fs
         // before the close: the 226 then waits for a journal append, not
@@ -603,8 +604,8 @@ impl StorageBackend<NodeUser> for DriftStorage {
         };
         let transfer = move || {
             let mut got = match &offer {
-                Some((_, _, hasher)) => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, &stop, &mut |end| hasher.advance(end)),
-                None => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, &stop, &mut |_| {}),
+                Some((_, _, hasher)) => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, transfers.stopping(), &mut |end| hasher.advance(end)),
+                None => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, transfers.stopping(), &mut |_| {}),
             };
             if let Some((commit, path, hasher)) = offer {
                 match hasher.finish(got.bytes) {
@@ -621,7 +622,7 @@ impl StorageBackend<NodeUser> for DriftStorage {
             drop(file);
             Ok(got)
         };
-        let received = on_own_thread(transfer).await?;
+        let received = on_own_thread(&self.ctx.transfers, transfer).await?;
         // Bytes that arrived before a failure stay in the file, so a
         // resumed upload (SIZE, then REST or APPE) continues from them.
         received.result?;
@@ -641,10 +642,13 @@ impl StorageBackend<NodeUser> for DriftStorage {
         // The blocking thread gets its own descriptor of the connection,
         // so an abandoned transfer can never write to a reused number.
         let sock = socket.as_fd().try_clone_to_owned()?;
-        let (limit, stop) = (self.stall_limit(), self.ctx.stopping.clone());
+        let (limit, transfers) = (self.stall_limit(), self.ctx.transfers.clone());
         // Serve the file as it was when opened: stop at `len` even if
         // someone keeps appending.
-        let sent = on_own_thread(move || zerocopy::send_file(sock.as_fd(), &file, start_pos, len, limit, &stop)).await?;
+        let sent = on_own_thread(&self.ctx.transfers, move || {
+            zerocopy::send_file(sock.as_fd(), &file, start_pos, len, limit, transfers.stopping())
+        })
+        .await?;
         match sent {
             zerocopy::Sent::Done(n) => Ok(n),
             zerocopy::Sent::Unsupported => {

@@ -32,6 +32,60 @@ const PIPE_SIZE: usize = 1 << 20;
 /// Longest single wait in `poll(2)` before looking at the stop flag again.
 const POLL_SLICE: Duration = Duration::from_millis(200);
 
+/// The node's zero-copy transfer threads, which the runtime cannot
+/// cancel: told when the node stops, and counted, so the node can wait for
+/// them (and their open files) before it unmounts.
+#[derive(Debug, Default)]
+pub struct Transfers {
+    stopping: AtomicBool,
+    live: std::sync::atomic::AtomicUsize,
+}
+
+impl Transfers {
+    /// Tells every transfer loop to give up at its next step.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stopping(&self) -> &AtomicBool {
+        &self.stopping
+    }
+
+    /// Runs `f` on a new thread counted as a live transfer; `done` gets its
+    /// result.
+    pub fn spawn<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce() -> T + Send + 'static,
+        done: impl FnOnce(T) + Send + 'static,
+    ) -> io::Result<()> {
+        struct Live(std::sync::Arc<Transfers>);
+        impl Drop for Live {
+            fn drop(&mut self) {
+                self.0.live.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.live.fetch_add(1, Ordering::AcqRel);
+        let live = Live(self.clone());
+        std::thread::Builder::new().name("drift-xfer".into()).spawn(move || {
+            let _live = live;
+            done(f());
+        })?;
+        Ok(())
+    }
+
+    /// Waits (bounded) until no transfer thread is left; false on timeout.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let since = Instant::now();
+        while self.live.load(Ordering::Acquire) > 0 {
+            if since.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+}
+
 /// Why a transfer loop stopped early; carried in an `io::Error`.
 fn stalled(what: &str, limit: Duration) -> io::Error {
     io::Error::new(
@@ -96,6 +150,9 @@ pub enum Sent {
 pub fn send_file(socket: BorrowedFd<'_>, file: &File, start: u64, end: u64, limit: Duration, stop: &AtomicBool) -> io::Result<Sent> {
     let mut off = start as libc::off_t;
     while (off as u64) < end {
+        if stop.load(Ordering::Relaxed) {
+            return Err(stopping_error());
+        }
         let want = SEND_CHUNK.min((end - off as u64) as usize);
         // SAFETY: both descriptors are open for the call; `off` is ours.
         let n = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
@@ -167,6 +224,9 @@ pub fn receive_into(
         let mut splice_out = true;
         let mut buf = Vec::new();
         loop {
+            if stop.load(Ordering::Relaxed) {
+                return Err(stopping_error());
+            }
             // SAFETY: valid descriptors; null offsets (socket and pipe).
             let n = unsafe {
                 libc::splice(

@@ -468,7 +468,8 @@ impl Ftp {
         self.reply()
     }
 
-    fn epsv(&mut self) -> TcpStream {
+    /// Opens an extended-passive data connection.
+    pub fn epsv(&mut self) -> TcpStream {
         let (c, t) = self.cmd("EPSV");
         assert_eq!(c, 229, "EPSV: {t}");
         let port: u16 = t
