@@ -71,7 +71,8 @@ pub struct NodeConfig {
     /// How long an upload waits for its journal entry before the client
     /// gets an error instead of 226.
     pub commit_timeout: Duration,
-    /// Size of one read/write on the file side of a transfer.
+    /// Size of one read/write on the file side of a TLS transfer (plain
+    /// transfers are zero-copy and need no buffer).
     pub io_chunk: usize,
     pub users_file: PathBuf,
     pub service_file: PathBuf,

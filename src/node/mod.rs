@@ -26,7 +26,7 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod users;
-mod zerocopy;
+pub mod zerocopy;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -12,10 +12,14 @@
 //!   FUSE file asynchronously after close(2), so `put` waits (bounded) for
 //!   the file's `write` entry before returning; only then does libunftp
 //!   send 226 (architecture guarantee 2).
-//! - **Transfer I/O**: unftp-sbe-fs copies through 4 KiB buffers, which
-//!   costs a FUSE round trip per 4 KiB. Uploads and downloads here move
-//!   `io_chunk`-sized blocks (1 MiB by default) through a blocking thread
-//!   with positional I/O, overlapping disk and network.
+//! - **Transfer I/O**: on plain data connections (libunftp patched to hand
+//!   over the socket, `vendor/README.md`) downloads use `sendfile` and
+//!   uploads `splice`, each on its own thread ([`super::zerocopy`]); a
+//!   whole-file upload is hashed while it arrives and the hash offered to
+//!   drift-fs, so the wait for its journal entry is short. TLS data
+//!   connections move `io_chunk`-sized blocks (1 MiB by default) through a
+//!   blocking thread with positional I/O (unftp-sbe-fs would copy 4 KiB at
+//!   a time, a FUSE round trip each).
 //! - **Stalled transfers** fail after the idle timeout (libunftp suspends
 //!   its idle timer during a transfer and has no other limit).
 //!
