@@ -741,12 +741,13 @@ impl DriftFs {
             return Ok(());
         }
         // An offer is taken (so it cannot outlive this release) but only
-        // used when the offering handle was the file's only writer.
+        // used when it names this very file and the offering handle was
+        // the file's only writer.
         let offer = match self.read_inodes().path(ino) {
             Ok(rel) => self.hints.take(&jpath(&rel)),
             Err(_) => None,
         };
-        let offer = offer.filter(|o| st.write_opens == 1 && !st.resized && o.made > st.opened);
+        let offer = offer.filter(|o| o.ino == ino && st.write_opens == 1 && !st.resized && o.made > st.opened);
         let change = self.write_change(&handle.file, offer)?;
         // A rename since the hash is journaled already, so the entry goes
         // under the name the file has now, after it.

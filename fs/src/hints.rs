@@ -25,6 +25,10 @@ pub struct ContentHints {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Offer {
+    /// The file's inode number on the mount (`st_ino` of the offering
+    /// handle): a different file that got the path meanwhile (a rename,
+    /// then a new file) cannot take the offer.
+    pub ino: u64,
     pub size: u64,
     pub hash: blake3::Hash,
     /// [`ContentHints::now`] when the offer was made.
@@ -36,16 +40,17 @@ pub(crate) struct Offer {
 const MAX_OFFERS: usize = 4096;
 
 impl ContentHints {
-    /// The writer's claim: the file at `path` (as the journal spells it)
-    /// holds exactly `size` bytes hashing to `hash`, all written through
-    /// its one handle. Call it before closing that handle.
-    pub fn offer(&self, path: &str, size: u64, hash: blake3::Hash) {
+    /// The writer's claim: the file at `path` (as the journal spells it),
+    /// inode `ino` on the mount, holds exactly `size` bytes hashing to
+    /// `hash`, all written through its one handle. Call it before closing
+    /// that handle.
+    pub fn offer(&self, path: &str, ino: u64, size: u64, hash: blake3::Hash) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_OFFERS {
             map.clear();
         }
         let made = self.now();
-        map.insert(path.to_owned(), Offer { size, hash, made });
+        map.insert(path.to_owned(), Offer { ino, size, hash, made });
     }
 
     /// A fresh, increasing stamp.

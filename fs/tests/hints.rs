@@ -1,7 +1,9 @@
 //! Content offers (`Mount::content_hints`) on a real mount: used only when
-//! the offering handle was the file's only writer and the size matches.
+//! the offer names the released file (path and inode), the offering handle
+//! was the file's only writer and the size matches.
 
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use drift_fs::{Mount, MountConfig, Op};
@@ -49,7 +51,7 @@ fn a_sole_writers_offer_is_used_and_anything_else_is_hashed() {
     let mark = m.journal().last_seq();
     let mut file = std::fs::File::create(f.mnt.join("sole")).unwrap();
     file.write_all(&data).unwrap();
-    hints.offer("/sole", data.len() as u64, claim);
+    hints.offer("/sole", ino(&file), data.len() as u64, claim);
     drop(file);
     assert_eq!(written_hash(&f, "/sole", mark), claim.to_hex().to_string());
 
@@ -57,7 +59,7 @@ fn a_sole_writers_offer_is_used_and_anything_else_is_hashed() {
     let mark = m.journal().last_seq();
     let mut file = std::fs::File::create(f.mnt.join("size")).unwrap();
     file.write_all(&data).unwrap();
-    hints.offer("/size", data.len() as u64 - 1, claim);
+    hints.offer("/size", ino(&file), data.len() as u64 - 1, claim);
     drop(file);
     assert_eq!(written_hash(&f, "/size", mark), real);
 
@@ -66,7 +68,7 @@ fn a_sole_writers_offer_is_used_and_anything_else_is_hashed() {
     let mut file = std::fs::File::create(f.mnt.join("two")).unwrap();
     let other = std::fs::OpenOptions::new().write(true).open(f.mnt.join("two")).unwrap();
     file.write_all(&data).unwrap();
-    hints.offer("/two", data.len() as u64, claim);
+    hints.offer("/two", ino(&file), data.len() as u64, claim);
     drop(other);
     drop(file);
     assert_eq!(written_hash(&f, "/two", mark), real);
@@ -78,7 +80,7 @@ fn a_sole_writers_offer_is_used_and_anything_else_is_hashed() {
     let c = std::ffi::CString::new(f.mnt.join("sole").to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), 50_000) }, 0);
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), data.len() as i64) }, 0);
-    hints.offer("/sole", data.len() as u64, claim);
+    hints.offer("/sole", ino(&file), data.len() as u64, claim);
     drop(file);
     let mut now = data.clone();
     now[50_000..].fill(0);
@@ -86,7 +88,30 @@ fn a_sole_writers_offer_is_used_and_anything_else_is_hashed() {
 
     // An offer made before the file was opened is stale: ignored.
     let mark = m.journal().last_seq();
-    hints.offer("/later", data.len() as u64, claim);
+    let held = std::fs::File::create(f.mnt.join("later")).unwrap();
+    drop(held);
+    assert_eq!(written_hash(&f, "/later", mark), blake3::hash(b"").to_hex().to_string());
+    let mark = m.journal().last_seq();
+    let inode = std::fs::metadata(f.mnt.join("later")).unwrap().ino();
+    hints.offer("/later", inode, data.len() as u64, claim);
     std::fs::write(f.mnt.join("later"), &data).unwrap();
+    assert_eq!(std::fs::metadata(f.mnt.join("later")).unwrap().ino(), inode, "same file, same inode");
     assert_eq!(written_hash(&f, "/later", mark), real);
+
+    // An offer for the file that had the path before (renamed away while
+    // being written), taken by a new file under that path: ignored.
+    let mark = m.journal().last_seq();
+    let mut first = std::fs::File::create(f.mnt.join("moved")).unwrap();
+    first.write_all(&data).unwrap();
+    std::fs::rename(f.mnt.join("moved"), f.mnt.join("away")).unwrap();
+    let mut second = std::fs::File::create(f.mnt.join("moved")).unwrap();
+    second.write_all(&data).unwrap();
+    hints.offer("/moved", ino(&first), data.len() as u64, claim);
+    drop(second);
+    assert_eq!(written_hash(&f, "/moved", mark), real);
+    drop(first);
+}
+
+fn ino(file: &std::fs::File) -> u64 {
+    file.metadata().unwrap().ino()
 }

@@ -36,8 +36,8 @@ impl CommitLog for JournalCommits {
             .map_err(io::Error::other)
     }
 
-    fn offer(&self, path: &str, size: u64, hash: blake3::Hash) {
-        self.hints.offer(path, size, hash);
+    fn offer(&self, path: &str, ino: u64, size: u64, hash: blake3::Hash) {
+        self.hints.offer(path, ino, size, hash);
     }
 }
 

@@ -31,6 +31,7 @@ use std::fmt::Debug;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -67,7 +68,9 @@ pub trait CommitLog: Send + Sync + Debug {
     /// the filesystem need not read the file back before journaling it.
     /// Called just before the file is closed; the filesystem checks the
     /// offer could not be wrong before it uses it.
-    fn offer(&self, path: &str, size: u64, hash: blake3::Hash);
+    /// `ino` is the file's inode number on the mount (`st_ino` of the
+    /// upload's handle), so the offer cannot be taken by another file.
+    fn offer(&self, path: &str, ino: u64, size: u64, hash: blake3::Hash);
 }
 
 /// What every session's backend shares.
@@ -185,6 +188,11 @@ impl DriftStorage {
         if is_home(&rel) {
             return Err(Error::new(ErrorKind::FileNameNotAllowedError, "cannot upload onto a directory"));
         }
+        if self.ctx.transfers.stopping().load(std::sync::atomic::Ordering::Relaxed) {
+            // Opening would truncate the old file for a transfer that
+            // cannot run any more.
+            return Err(Error::new(ErrorKind::TransientFileNotAvailable, "the node is stopping"));
+        }
         let session = self.session()?;
         let upload = Upload {
             journal_path: self.journal_path(session, &rel),
@@ -194,7 +202,9 @@ impl DriftStorage {
         let home = session.home.clone();
         let file = blocking(move || {
             let mut oo = cap_std::fs::OpenOptions::new();
-            oo.write(true).create(true).truncate(start_pos == 0);
+            // Readable too: the upload's hasher reads it back through a
+            // clone of this handle.
+            oo.read(true).write(true).create(true).truncate(start_pos == 0);
             let f = home.open_with(&rel, &oo)?.into_std();
             if start_pos > 0 {
                 // REST: keep exactly the first start_pos bytes.
@@ -516,7 +526,7 @@ impl StorageBackend<NodeUser> for DriftStorage {
             drop(hash_tx);
             if let (Some((commit, path)), Some(hasher)) = (offer_to, hasher) {
                 let hash = hasher.join().map_err(|_| io::Error::other("upload hasher panicked"))?;
-                commit.offer(&path, pos, hash);
+                commit.offer(&path, file.metadata()?.ino(), pos, hash);
             }
             if fsync {
                 let t = std::time::Instant::now();
@@ -597,26 +607,41 @@ impl StorageBackend<NodeUser> for DriftStorage {
         // thread, from the page cache) and the hash offered to drift-fs
         // before the close: the 226 then waits for a journal append, not
         // for a read-back of the whole file.
+        // The hasher reads through a clone of the upload's own handle, so
+        // it hashes this file even if the name is taken over meanwhile. A
+        // hasher that cannot start only means drift-fs hashes the file.
         let offer = match (&self.ctx.commit, start_pos) {
-            (Some(commit), 0) => {
-                let home = self.session()?.home.clone();
-                let rel = resolve(path.as_ref())?;
-                let reader = blocking(move || Ok(home.open(&rel)?.into_std())).await?;
-                Some((commit.clone(), upload.journal_path.clone(), zerocopy::TailHasher::start(reader)?))
-            }
+            (Some(commit), 0) => match file.try_clone().and_then(|f| Ok((f.metadata()?.ino(), f))) {
+                Ok((ino, reader)) => match zerocopy::TailHasher::start(reader) {
+                    Ok(hasher) => Some((commit.clone(), upload.journal_path.clone(), ino, hasher)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the upload hasher; drift-fs will hash the file");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the upload hasher; drift-fs will hash the file");
+                    None
+                }
+            },
             _ => None,
         };
         let transfer = move || {
             let mut got = match &offer {
-                Some((_, _, hasher)) => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, transfers.stopping(), &mut |end| hasher.advance(end)),
+                Some((_, _, _, hasher)) => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, transfers.stopping(), &mut |end| hasher.advance(end)),
                 None => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, transfers.stopping(), &mut |_| {}),
             };
-            if let Some((commit, path, hasher)) = offer {
-                match hasher.finish(got.bytes) {
-                    Ok(hash) if got.result.is_ok() => commit.offer(&path, got.bytes, hash),
-                    Ok(_) => {}
-                    // Not fatal: drift-fs then hashes the file itself.
-                    Err(e) => tracing::warn!(error = %e, "could not hash the upload while receiving it"),
+            if let Some((commit, path, ino, hasher)) = offer {
+                if got.result.is_ok() {
+                    match hasher.finish(got.bytes) {
+                        Ok(hash) => commit.offer(&path, ino, got.bytes, hash),
+                        // Not fatal: drift-fs then hashes the file itself.
+                        Err(e) => tracing::warn!(error = %e, "could not hash the upload while receiving it"),
+                    }
+                } else {
+                    // A failed upload is not waited for (drift-fs hashes
+                    // what arrived at release).
+                    hasher.abandon();
                 }
             }
             if got.result.is_ok() && fsync {

@@ -99,9 +99,17 @@ fn stopping_error() -> io::Error {
 }
 
 /// Waits until `fd` is ready for `events` (POLLIN or POLLOUT), the idle
-/// limit passes without readiness, or the node starts stopping.
-fn wait_ready(fd: BorrowedFd<'_>, events: libc::c_short, what: &str, limit: Duration, stop: &AtomicBool) -> io::Result<()> {
-    let since = Instant::now();
+/// limit passes since `progress` (when bytes last moved), or the node
+/// starts stopping.
+fn wait_ready(
+    fd: BorrowedFd<'_>,
+    events: libc::c_short,
+    what: &str,
+    limit: Duration,
+    progress: Instant,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let since = progress;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(stopping_error());
@@ -149,6 +157,7 @@ pub enum Sent {
 /// Sends `file[start..end)` to the non-blocking `socket` with `sendfile`.
 pub fn send_file(socket: BorrowedFd<'_>, file: &File, start: u64, end: u64, limit: Duration, stop: &AtomicBool) -> io::Result<Sent> {
     let mut off = start as libc::off_t;
+    let mut progress = Instant::now();
     while (off as u64) < end {
         if stop.load(Ordering::Relaxed) {
             return Err(stopping_error());
@@ -157,6 +166,7 @@ pub fn send_file(socket: BorrowedFd<'_>, file: &File, start: u64, end: u64, limi
         // SAFETY: both descriptors are open for the call; `off` is ours.
         let n = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
         if n > 0 {
+            progress = Instant::now();
             continue;
         }
         if n == 0 {
@@ -166,7 +176,7 @@ pub fn send_file(socket: BorrowedFd<'_>, file: &File, start: u64, end: u64, limi
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EINVAL) | Some(libc::ENOSYS) if off as u64 == start => return Ok(Sent::Unsupported),
-            _ if would_block(&e) => wait_ready(socket, libc::POLLOUT, "download", limit, stop)?,
+            _ if would_block(&e) => wait_ready(socket, libc::POLLOUT, "download", limit, progress, stop)?,
             _ if e.kind() == io::ErrorKind::Interrupted => {}
             _ => return Err(e),
         }
@@ -223,6 +233,11 @@ pub fn receive_into(
         // through a buffer (still one copy fewer than a socket read).
         let mut splice_out = true;
         let mut buf = Vec::new();
+        let mut progress = Instant::now();
+        // Set after poll said "readable": TCP splice stops at urgent
+        // (out-of-band) data while poll keeps reporting the bytes behind
+        // it, so a splice without progress then is followed by a recv(2).
+        let mut readable_but_stuck = false;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Err(stopping_error());
@@ -238,20 +253,41 @@ pub fn receive_into(
                     libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
                 )
             };
-            if n == 0 {
-                return Ok(());
-            }
+            // 0 is the end of data, or a stop at urgent data (seen on
+            // 6.18), and EAGAIN right after poll said "readable" is the
+            // latter too: a recv(2) tells them apart and steps over the
+            // urgent byte, as the buffered path's plain read does.
+            let mut ask_recv = n == 0;
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if would_block(&e) {
-                    wait_ready(socket, libc::POLLIN, "upload", limit, stop)?;
-                    continue;
-                }
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(e);
+                if !would_block(&e) {
+                    return Err(e);
+                }
+                ask_recv = readable_but_stuck;
             }
+            if n <= 0 {
+                readable_but_stuck = false;
+                if ask_recv {
+                    match recv_by_copy(socket, file, pos, &mut buf)? {
+                        Some(0) => return Ok(()),
+                        Some(got) => {
+                            pos += got as u64;
+                            progress = Instant::now();
+                            written(pos);
+                            continue;
+                        }
+                        None => {}
+                    }
+                }
+                wait_ready(socket, libc::POLLIN, "upload", limit, progress, stop)?;
+                readable_but_stuck = true;
+                continue;
+            }
+            readable_but_stuck = false;
+            progress = Instant::now();
             let mut left = n as usize;
             while left > 0 {
                 let moved = if splice_out {
@@ -295,14 +331,42 @@ pub fn receive_into(
 fn drain_by_copy(pipe: BorrowedFd<'_>, file: &File, pos: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<usize> {
     use std::os::unix::fs::FileExt;
     buf.resize(len.min(PIPE_SIZE), 0);
-    // SAFETY: `buf` is valid for `buf.len()` bytes.
-    let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
+    let n = loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes.
+        let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    file.write_all_at(&buf[..n], pos)?;
+    Ok(n)
+}
+
+/// One non-blocking `recv` from the socket, written to `file` at `pos`:
+/// the bytes moved (0 at the end of data), `None` if nothing was there
+/// (an urgent byte alone is stepped over and gives `None`).
+fn recv_by_copy(socket: BorrowedFd<'_>, file: &File, pos: u64, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(PIPE_SIZE, 0);
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            file.write_all_at(&buf[..n as usize], pos)?;
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        if would_block(&e) {
+            return Ok(None);
+        }
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
-    file.write_all_at(&buf[..n as usize], pos)?;
-    Ok(n as usize)
 }
 
 /// Hashes a file on its own thread while it is being written, following
@@ -312,14 +376,17 @@ fn drain_by_copy(pipe: BorrowedFd<'_>, file: &File, pos: u64, len: usize, buf: &
 /// the node otherwise).
 pub struct TailHasher {
     tx: std::sync::mpsc::Sender<u64>,
+    cancel: std::sync::Arc<AtomicBool>,
     thread: std::thread::JoinHandle<io::Result<blake3::Hash>>,
 }
 
 impl TailHasher {
-    /// Starts hashing `file` (a read handle of the file being written)
-    /// from offset 0.
+    /// Starts hashing `file` (a readable handle of the file being
+    /// written, read with positioned reads) from offset 0.
     pub fn start(file: File) -> io::Result<TailHasher> {
         let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let cancel = std::sync::Arc::new(AtomicBool::new(false));
+        let cancelled = cancel.clone();
         let thread = std::thread::Builder::new().name("drift-hash".into()).spawn(move || {
             use std::os::unix::fs::FileExt;
             let mut hasher = blake3::Hasher::new();
@@ -332,6 +399,9 @@ impl TailHasher {
                     end = end.max(later);
                 }
                 while done < end {
+                    if cancelled.load(Ordering::Relaxed) {
+                        return Err(io::Error::new(io::ErrorKind::Interrupted, "upload hash abandoned"));
+                    }
                     let want = buf.len().min((end - done) as usize);
                     let n = file.read_at(&mut buf[..want], done)?;
                     if n == 0 {
@@ -343,13 +413,21 @@ impl TailHasher {
             }
             Ok(hasher.finalize())
         })?;
-        Ok(TailHasher { tx, thread })
+        Ok(TailHasher { tx, cancel, thread })
     }
 
     /// Bytes up to `end` are written.
     pub fn advance(&self, end: u64) {
         // A stopped thread reports its error in `finish`.
         let _ = self.tx.send(end);
+    }
+
+    /// Stops hashing (the upload failed) and waits for the thread, which
+    /// then closes its handle of the file.
+    pub fn abandon(self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        drop(self.tx);
+        let _ = self.thread.join();
     }
 
     /// The hash of bytes `0..end`, once the thread has caught up.
@@ -433,6 +511,32 @@ mod tests {
             hasher.advance(w.metadata().unwrap().len());
         }
         assert_eq!(hasher.finish(data.len() as u64).unwrap(), blake3::hash(&data));
+    }
+
+    #[test]
+    fn urgent_data_neither_spins_nor_stops_the_upload() {
+        use std::os::fd::AsRawFd as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path).unwrap();
+        let (server, mut client) = pair();
+        let writer = std::thread::spawn(move || {
+            client.write_all(b"abc").unwrap();
+            // SAFETY: one byte from a valid buffer on an open socket.
+            let n = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+            assert_eq!(n, 1);
+            std::thread::sleep(Duration::from_millis(100));
+            client.write_all(b"def").unwrap();
+        });
+        let stop = AtomicBool::new(false);
+        let t = Instant::now();
+        let got = receive_into(server.as_fd(), &file, 0, Duration::from_secs(10), &stop, &mut |_| {});
+        writer.join().unwrap();
+        got.result.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+        // recv(2) without SO_OOBINLINE leaves the urgent byte out, as the
+        // buffered path (a plain socket read) does.
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcdef", "bytes {} len {}", got.bytes, file.metadata().unwrap().len());
     }
 
     #[test]
