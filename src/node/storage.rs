@@ -113,6 +113,36 @@ struct Upload {
     started: std::time::Instant,
 }
 
+/// An upload's hash in the making, for drift-fs ([`CommitLog::offer`]).
+struct Offer {
+    commit: Arc<dyn CommitLog>,
+    path: String,
+    ino: u64,
+    hasher: zerocopy::TailHasher,
+}
+
+impl Offer {
+    /// Bytes up to `end` are in the file.
+    fn advance(&self, end: u64) {
+        self.hasher.advance(end);
+    }
+
+    /// Before the close: offers the hash of the `bytes` written if the
+    /// upload succeeded; a failed one is not waited for (drift-fs hashes
+    /// what arrived at release).
+    fn complete(self, succeeded: bool, bytes: u64) {
+        if !succeeded {
+            self.hasher.abandon();
+            return;
+        }
+        match self.hasher.finish(bytes) {
+            Ok(hash) => self.commit.offer(&self.path, self.ino, bytes, hash),
+            // Not fatal: drift-fs then hashes the file itself.
+            Err(e) => tracing::warn!(error = %e, "could not hash the upload while receiving it"),
+        }
+    }
+}
+
 /// The storage backend of one control connection.
 pub struct DriftStorage {
     ctx: Arc<StorageContext>,
@@ -214,6 +244,33 @@ impl DriftStorage {
         })
         .await?;
         Ok((file, upload))
+    }
+
+    /// For a whole-file upload on the journaled mount: starts hashing the
+    /// file as it is written (from the page cache, through a clone of the
+    /// upload's handle, so it is this file even if its name is taken over),
+    /// to offer the hash to drift-fs before the close; the 226 then waits
+    /// for a journal append, not for a read-back of the file. Without it
+    /// (resumed uploads, plain mode, a hasher that cannot start) drift-fs
+    /// hashes the file at release.
+    fn start_offer(&self, file: &std::fs::File, upload: &Upload, start_pos: u64) -> Option<Offer> {
+        let commit = self.ctx.commit.clone().filter(|_| start_pos == 0)?;
+        let started = file
+            .try_clone()
+            .and_then(|f| Ok((f.metadata()?.ino(), f)))
+            .and_then(|(ino, f)| Ok((ino, zerocopy::TailHasher::start(f)?)));
+        match started {
+            Ok((ino, hasher)) => Some(Offer {
+                commit,
+                path: upload.journal_path.clone(),
+                ino,
+                hasher,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the upload hasher; drift-fs will hash the file");
+                None
+            }
+        }
     }
 
     /// After the upload's file is closed: waits (bounded) until its
@@ -484,50 +541,25 @@ impl StorageBackend<NodeUser> for DriftStorage {
         // Written blocks come back for reuse: no allocation or zeroing of
         // a fresh block per chunk.
         let (pool_tx, mut pool_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH + 2);
-        // A whole-file upload is hashed on its own thread as it is
-        // written, and the hash offered to drift-fs before the close: the
-        // 226 then waits for a journal append, not for a read of the file.
-        let offer_to = match (&self.ctx.commit, start_pos) {
-            (Some(c), 0) => Some((c.clone(), upload.journal_path.clone())),
-            _ => None,
-        };
+        let offer = self.start_offer(&file, &upload, start_pos);
         let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut pos = start_pos;
-            let (hash_tx, hasher) = match offer_to {
-                Some(_) => {
-                    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
-                    let pool = pool_tx.clone();
-                    let hasher = std::thread::spawn(move || {
-                        let mut h = blake3::Hasher::new();
-                        for block in rx {
-                            h.update(&block);
-                            let _ = pool.try_send(block);
-                        }
-                        h.finalize()
-                    });
-                    (Some(tx), Some(hasher))
-                }
-                None => (None, None),
-            };
+            let mut written = Ok(());
             while let Some(block) = rx.blocking_recv() {
-                file.write_all_at(&block, pos)?;
-                pos += block.len() as u64;
-                match &hash_tx {
-                    Some(tx) => {
-                        if tx.send(block).is_err() {
-                            return Err(io::Error::other("upload hasher stopped"));
-                        }
-                    }
-                    None => {
-                        let _ = pool_tx.try_send(block);
-                    }
+                if let Err(e) = file.write_all_at(&block, pos) {
+                    written = Err(e);
+                    break;
                 }
+                pos += block.len() as u64;
+                if let Some(o) = &offer {
+                    o.advance(pos);
+                }
+                let _ = pool_tx.try_send(block);
             }
-            drop(hash_tx);
-            if let (Some((commit, path)), Some(hasher)) = (offer_to, hasher) {
-                let hash = hasher.join().map_err(|_| io::Error::other("upload hasher panicked"))?;
-                commit.offer(&path, file.metadata()?.ino(), pos, hash);
+            if let Some(o) = offer {
+                o.complete(written.is_ok(), pos);
             }
+            written?;
             if fsync {
                 let t = std::time::Instant::now();
                 file.sync_all()?;
@@ -603,46 +635,15 @@ impl StorageBackend<NodeUser> for DriftStorage {
         let (file, upload) = self.open_upload(user, path.as_ref(), start_pos).await?;
         let socket = socket.into_std()?;
         let (fsync, limit, transfers) = (self.ctx.fsync_uploads, self.stall_limit(), self.ctx.transfers.clone());
-        // A whole-file upload is hashed while it arrives (on another
-        // thread, from the page cache) and the hash offered to drift-fs
-        // before the close: the 226 then waits for a journal append, not
-        // for a read-back of the whole file.
-        // The hasher reads through a clone of the upload's own handle, so
-        // it hashes this file even if the name is taken over meanwhile. A
-        // hasher that cannot start only means drift-fs hashes the file.
-        let offer = match (&self.ctx.commit, start_pos) {
-            (Some(commit), 0) => match file.try_clone().and_then(|f| Ok((f.metadata()?.ino(), f))) {
-                Ok((ino, reader)) => match zerocopy::TailHasher::start(reader) {
-                    Ok(hasher) => Some((commit.clone(), upload.journal_path.clone(), ino, hasher)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot start the upload hasher; drift-fs will hash the file");
-                        None
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start the upload hasher; drift-fs will hash the file");
-                    None
-                }
-            },
-            _ => None,
-        };
+        let offer = self.start_offer(&file, &upload, start_pos);
         let transfer = move || {
-            let mut got = match &offer {
-                Some((_, _, _, hasher)) => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, transfers.stopping(), &mut |end| hasher.advance(end)),
-                None => zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, transfers.stopping(), &mut |_| {}),
-            };
-            if let Some((commit, path, ino, hasher)) = offer {
-                if got.result.is_ok() {
-                    match hasher.finish(got.bytes) {
-                        Ok(hash) => commit.offer(&path, ino, got.bytes, hash),
-                        // Not fatal: drift-fs then hashes the file itself.
-                        Err(e) => tracing::warn!(error = %e, "could not hash the upload while receiving it"),
-                    }
-                } else {
-                    // A failed upload is not waited for (drift-fs hashes
-                    // what arrived at release).
-                    hasher.abandon();
+            let mut got = zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, transfers.stopping(), &mut |end| {
+                if let Some(o) = &offer {
+                    o.advance(end);
                 }
+            });
+            if let Some(o) = offer {
+                o.complete(got.result.is_ok(), got.bytes);
             }
             if got.result.is_ok() && fsync {
                 got.result = file.sync_all();
