@@ -8,7 +8,7 @@
 //! mount (with kernel passthrough the calls reach the backing file; without
 //! it FUSE serves them through its page cache).
 //!
-//! Both loops run on a blocking thread with the socket left non-blocking
+//! Both loops run on a thread of their own with the socket left non-blocking
 //! (tokio still owns its registration): when the socket cannot move data
 //! the thread waits in `poll(2)` in short slices, so it notices a node that
 //! is stopping, and gives up after the idle limit without progress, like
@@ -21,10 +21,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Bytes asked of one `sendfile` call. Measured on loopback (BENCHMARKS.md,
-/// "drift node"): 128 KiB calls ran faster than 16 MiB ones (median of
-/// 12 downloads of 1 GiB: 10.6 vs 8.5 GB/s); 64 KiB and 512 KiB were not
-/// better.
+/// Bytes asked of one `sendfile` call. Measured on loopback with a thread
+/// per transfer (BENCHMARKS.md, "drift node"; medians of 10–12 downloads
+/// of 1 GiB): 128 KiB 10.6 GB/s, 512 KiB 10.2, 16 MiB 6.5, 64 KiB 5.9.
 const SEND_CHUNK: usize = 128 << 10;
 /// Pipe capacity asked for uploads (the default `pipe-max-size` allows it;
 /// a smaller pipe only means more calls).
