@@ -21,9 +21,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Bytes asked of one `sendfile` call. Measured on loopback with a thread
-/// per transfer (BENCHMARKS.md, "drift node"; medians of 10–12 downloads
-/// of 1 GiB): 128 KiB 10.6 GB/s, 512 KiB 10.2, 16 MiB 6.5, 64 KiB 5.9.
+/// Bytes asked of one `sendfile` call. On loopback (BENCHMARKS.md, "drift
+/// node") 128 KiB, 512 KiB and 2 MiB calls were within noise of each
+/// other; 16 MiB and 64 KiB calls were slower in one comparison.
 const SEND_CHUNK: usize = 128 << 10;
 /// Pipe capacity asked for uploads (the default `pipe-max-size` allows it;
 /// a smaller pipe only means more calls).
