@@ -360,12 +360,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
     }
 }
 
-/// Runs a zero-copy transfer loop on a thread of its own. A new thread is
-/// placed by the scheduler on the least loaded CPU, while a pooled one
-/// wakes where it last ran: measured on loopback with 128 KiB `sendfile`
-/// calls, 1 GiB downloads through `spawn_blocking` ran at 9.2–9.5 GB/s
-/// (medians of 10–12) and on their own thread at 10.6–10.8 GB/s. One thread per transfer costs tens of
-/// microseconds, nothing beside an FTP command round trip.
+/// Runs a zero-copy transfer loop on a thread of its own, counted in
+/// [`zerocopy::Transfers`] so the node can stop it and wait for it. A new
+/// thread is placed by the scheduler on the least loaded CPU, while a
+/// pooled one wakes where it last ran; on loopback this looked better in
+/// one comparison (BENCHMARKS.md), within noise in later ones. One thread
+/// per transfer costs tens of microseconds, nothing beside an FTP command
+/// round trip.
 async fn on_own_thread<T: Send + 'static>(
     transfers: &Arc<zerocopy::Transfers>,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
