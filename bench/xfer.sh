@@ -25,6 +25,8 @@
 #   BENCH_DIR=/dev/shm ...             # where data and destinations live
 #                                      # (default /var/tmp: the disk)
 #   SETTLE=3 ...                       # seconds of quiet before each timing
+#   TREE_SETTLE=65 ...                 # the same for the tree runs only (default
+#                                      # SETTLE); see "Inode reuse" below
 #
 # Fairness: every timed run (every tool) starts from an empty destination
 # after the previous run's files were deleted, `sync` ran and SETTLE
@@ -59,6 +61,12 @@ drift="$CARGO_TARGET_DIR/release/drift"
 linkem="$CARGO_TARGET_DIR/release/linkem"
 
 SETTLE=${SETTLE:-3}
+# Inode reuse: ext4 without a journal (this machine's root) avoids reusing
+# inodes freed in the last 60 s and scans past them on every create, so a
+# tree written a few seconds after the previous run's tree was deleted pays
+# for that deletion (each tool for its own, but not alike). TREE_SETTLE=65
+# lets the tree runs start clean; the default keeps SETTLE.
+TREE_SETTLE=${TREE_SETTLE:-$SETTLE}
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/drift-xfer-bench.XXXXXX")
 pids=()
 ns1=dxb1-$$
@@ -280,9 +288,9 @@ wait_port "$xport"; wait_port "$rport"; wait_port "$fport"
 # Each run starts from an empty destination; the page cache is left warm
 # for the source (all tools read the same cached data) and writes are not
 # fsynced (none of the tools fsyncs by default).
-clear_dst() {
+clear_dst() { # clear_dst TOOL [SECONDS]
   rm -rf "$work/dst/$1"/* "$work/ftproot/up"/* 2>/dev/null || true
-  sync; sleep "$SETTLE"
+  sync; sleep "${2:-$SETTLE}"
 }
 
 run_cp()     { cp -r --reflink=never "$1" "$work/dst/cp/"; }
@@ -299,12 +307,12 @@ run_ftp() {
 
 declare -A result times
 tools=(cp drift rsync ftp)
-bench() { # bench NAME SRC BYTES: RUNS rounds, each tool once per round
-  local name=$1 src=$2 bytes=$3 tool
+bench() { # bench NAME SRC BYTES SETTLE: RUNS rounds, each tool once per round
+  local name=$1 src=$2 bytes=$3 settle=$4 tool
   for _ in $(seq "$RUNS"); do
     for tool in "${tools[@]}"; do
       mkdir -p "$work/dst/cp"
-      clear_dst "$tool"
+      clear_dst "$tool" "$settle"
       local a b; a=$(now); "run_$tool" "$src"; b=$(now)
       times[$name.$tool]+=" $(echo "$b - $a" | bc -l)"
     done
@@ -317,10 +325,10 @@ bench() { # bench NAME SRC BYTES: RUNS rounds, each tool once per round
   done
 }
 
-echo "== loopback into $work ($(stat -f -c %T "$work")), $RUNS runs each, drift with $STREAMS streams, sync + ${SETTLE}s before each run"
+echo "== loopback into $work ($(stat -f -c %T "$work")), $RUNS runs each, drift with $STREAMS streams, sync + ${SETTLE}s (tree: ${TREE_SETTLE}s) before each run"
 echo "   (cp = cp --reflink=never, the local limit)"
-bench big "$work/src/big.bin" "$big_bytes"
-bench tree "$work/src/tree" "$tree_bytes"
+bench big "$work/src/big.bin" "$big_bytes" "$SETTLE"
+bench tree "$work/src/tree" "$tree_bytes" "$TREE_SETTLE"
 
 # The last drift tree run must have delivered the same tree.
 clear_dst drift; run_drift "$work/src/tree"
