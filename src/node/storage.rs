@@ -46,7 +46,7 @@ use super::auth::NodeUser;
 use super::limits::{Sessions, UserSlot};
 use super::state::StateHandle;
 use super::users::Perm;
-use super::zerocopy;
+use super::zerocopy::{self, stalled};
 
 /// Longest accepted path (bytes) and path component, as Linux.
 pub const MAX_PATH: usize = 4095;
@@ -382,13 +382,6 @@ async fn on_own_thread<T: Send + 'static>(
         Ok(r) => r.map_err(Error::from),
         Err(_) => Err(Error::new(ErrorKind::LocalError, "transfer thread ended without a result")),
     }
-}
-
-fn stalled(what: &str, limit: Duration) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("{what} stalled: no data for {} s", limit.as_secs()),
-    )
 }
 
 /// Reads until `buf` is full or EOF; returns the bytes read.

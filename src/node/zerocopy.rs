@@ -85,8 +85,9 @@ impl Transfers {
     }
 }
 
-/// Why a transfer loop stopped early; carried in an `io::Error`.
-fn stalled(what: &str, limit: Duration) -> io::Error {
+/// The error of a transfer that made no progress for `limit` (both the
+/// zero-copy and the buffered paths).
+pub(super) fn stalled(what: &str, limit: Duration) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
         format!("{what} stalled: no data for {} s", limit.as_secs()),
