@@ -76,6 +76,15 @@ pub struct NodeConfig {
     pub io_chunk: usize,
     pub users_file: PathBuf,
     pub service_file: PathBuf,
+    /// The transfer and access log (`[log]`).
+    pub transfer_log: TransferLogConfig,
+}
+
+/// Where and how the transfer log is written (`[log]` in node.toml).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferLogConfig {
+    pub destination: crate::node::xferlog::Destination,
+    pub format: crate::node::xferlog::Format,
 }
 
 impl NodeConfig {
@@ -94,6 +103,17 @@ impl NodeConfig {
 struct RawNode {
     storage: RawStorage,
     state: RawState,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    /// "stderr" (default), "off", or a file path.
+    transfers: Option<String>,
+    /// "text" (default) or "json".
+    format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,7 +222,23 @@ impl NodeConfig {
         if !(4..=65536).contains(&s.io_chunk_kib) {
             return Err(invalid("storage.io_chunk_kib must be between 4 and 65536".into()));
         }
+        let transfer_log = {
+            use crate::node::xferlog::{Destination, Format};
+            let destination = match raw.log.transfers.as_deref() {
+                None | Some("stderr") => Destination::Stderr,
+                Some("off") => Destination::Off,
+                Some("") => return Err(invalid("log.transfers must be \"stderr\", \"off\" or a file path".into())),
+                Some(p) => Destination::File(resolve(base, Path::new(p))),
+            };
+            let format = match raw.log.format.as_deref() {
+                None | Some("text") => Format::Text,
+                Some("json") => Format::Json,
+                Some(other) => return Err(invalid(format!("log.format = {other:?}: expected \"text\" or \"json\""))),
+            };
+            TransferLogConfig { destination, format }
+        };
         Ok(NodeConfig {
+            transfer_log,
             path: path.to_owned(),
             backing,
             mode,

@@ -26,6 +26,7 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod users;
+pub mod xferlog;
 pub mod zerocopy;
 
 use std::path::Path;
@@ -56,6 +57,8 @@ pub enum NodeError {
     Root { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot open the transfer log {path:?}: {source}")]
+    TransferLog { path: xferlog::Destination, source: std::io::Error },
     #[error("the filesystem was unmounted from outside; stopping")]
     MountLost,
 }
@@ -109,6 +112,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             commit_timeout: cfg.commit_timeout,
             io_chunk: cfg.io_chunk,
             transfers: Arc::new(zerocopy::Transfers::default()),
+            // Configured by the node file's [log] section (see docs/node.md).
+            xferlog: Arc::new(xferlog::TransferLog::open(&cfg.transfer_log.destination, cfg.transfer_log.format).map_err(|source| NodeError::TransferLog { path: cfg.transfer_log.destination.clone(), source })?),
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -55,10 +55,10 @@ impl Front {
     }
 
     /// A libunftp server for one connection, configured from `state`.
-    fn build(&self, state: &InitialState) -> Result<libunftp::Server<DriftStorage, NodeUser>, ServerError> {
+    fn build(&self, state: &InitialState, peer: std::net::SocketAddr) -> Result<libunftp::Server<DriftStorage, NodeUser>, ServerError> {
         let svc = &state.service;
         let ctx = self.storage.clone();
-        let mut b = ServerBuilder::with_user_detail_provider(Box::new(move || DriftStorage::new(ctx.clone())), self.users.clone())
+        let mut b = ServerBuilder::with_user_detail_provider(Box::new(move || DriftStorage::new(ctx.clone(), peer)), self.users.clone())
             .authenticator(self.authenticator.clone())
             .greeting(state.greeting)
             .passive_ports(svc.passive_ports.clone())
@@ -120,7 +120,7 @@ impl Front {
             .await;
             return;
         };
-        let server = match self.build(&state) {
+        let server = match self.build(&state, peer) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(%peer, error = %e, "cannot serve connection");

@@ -46,6 +46,7 @@ use super::auth::NodeUser;
 use super::limits::{Sessions, UserSlot};
 use super::state::StateHandle;
 use super::users::Perm;
+use super::xferlog::TransferLog;
 use super::zerocopy::{self, stalled};
 
 /// Longest accepted path (bytes) and path component, as Linux.
@@ -88,6 +89,8 @@ pub struct StorageContext {
     /// The zero-copy transfer threads (told to stop, and waited for, when
     /// the node stops).
     pub transfers: Arc<zerocopy::Transfers>,
+    /// The transfer and access log ([`super::xferlog`]).
+    pub xferlog: Arc<TransferLog>,
 }
 
 /// State of one logged-in session.
@@ -146,6 +149,8 @@ impl Offer {
 /// The storage backend of one control connection.
 pub struct DriftStorage {
     ctx: Arc<StorageContext>,
+    /// The client's address, for the transfer log.
+    peer: std::net::SocketAddr,
     session: Option<Session>,
 }
 
@@ -161,8 +166,8 @@ impl Debug for DriftStorage {
 }
 
 impl DriftStorage {
-    pub fn new(ctx: Arc<StorageContext>) -> Self {
-        DriftStorage { ctx, session: None }
+    pub fn new(ctx: Arc<StorageContext>, peer: std::net::SocketAddr) -> Self {
+        DriftStorage { ctx, peer, session: None }
     }
 
     fn session(&self) -> Result<&Session> {
