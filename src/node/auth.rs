@@ -18,11 +18,15 @@ use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, Principa
 
 use super::config::{LockBy, LoginPolicy};
 use super::state::StateHandle;
-use super::users::canonical_ip;
+use super::users::{canonical_ip, validate_name, MAX_NAME_LEN};
+use super::xferlog::{Entry, Outcome, TransferLog};
 
-/// Entries kept before expired ones are swept (bounds memory when an
-/// attacker cycles through user names).
-const MAX_LOCK_ENTRIES: usize = 10_000;
+/// Most entries the lockout table holds. When it is full, expired entries
+/// are swept, then the oldest entry that is not locked is dropped; if every
+/// entry is an active lockout the new failure is not counted. With names
+/// capped at [`MAX_NAME_LEN`] bytes this bounds the table to a few MiB
+/// whatever an attacker sends.
+pub const MAX_LOCK_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum LockKey {
@@ -32,11 +36,22 @@ enum LockKey {
 }
 
 impl LockKey {
-    fn new(by: LockBy, user: &str, ip: IpAddr) -> LockKey {
+    /// The key a login attempt is counted under; `None` when the policy
+    /// keys on the name and the name is not a valid user name (no such
+    /// user can exist, and an arbitrary string is never stored).
+    fn new(by: LockBy, user: &str, ip: IpAddr) -> Option<LockKey> {
+        let valid = || validate_name(user).is_ok();
         match by {
-            LockBy::User => LockKey::User(user.to_owned()),
-            LockBy::Ip => LockKey::Ip(ip),
-            LockBy::UserAndIp => LockKey::UserIp(user.to_owned(), ip),
+            LockBy::User => valid().then(|| LockKey::User(user.to_owned())),
+            LockBy::Ip => Some(LockKey::Ip(ip)),
+            LockBy::UserAndIp => valid().then(|| LockKey::UserIp(user.to_owned(), ip)),
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        match self {
+            LockKey::User(u) | LockKey::UserIp(u, _) => Some(u),
+            LockKey::Ip(_) => None,
         }
     }
 }
@@ -46,6 +61,12 @@ struct Record {
     window_start: Instant,
     failures: u32,
     locked_until: Option<Instant>,
+}
+
+impl Record {
+    fn locked_at(&self, now: Instant) -> bool {
+        self.locked_until.is_some_and(|u| u > now)
+    }
 }
 
 /// Failed-login bookkeeping shared by every connection.
@@ -64,8 +85,9 @@ impl Lockout {
         if policy.max_failures == 0 {
             return None;
         }
+        let key = LockKey::new(policy.lock_by, user, ip)?;
         let records = self.lock();
-        let until = records.get(&LockKey::new(policy.lock_by, user, ip))?.locked_until?;
+        let until = records.get(&key)?.locked_until?;
         (until > now).then(|| until - now)
     }
 
@@ -74,13 +96,14 @@ impl Lockout {
         if policy.max_failures == 0 {
             return false;
         }
+        let Some(key) = LockKey::new(policy.lock_by, user, ip) else {
+            return false;
+        };
         let mut records = self.lock();
-        if records.len() >= MAX_LOCK_ENTRIES {
-            records.retain(|_, r| {
-                r.locked_until.is_some_and(|u| u > now) || now.duration_since(r.window_start) < policy.window
-            });
+        if !records.contains_key(&key) && records.len() >= MAX_LOCK_ENTRIES && !make_room(&mut records, policy, now) {
+            return false;
         }
-        let r = records.entry(LockKey::new(policy.lock_by, user, ip)).or_insert(Record {
+        let r = records.entry(key).or_insert(Record {
             window_start: now,
             failures: 0,
             locked_until: None,
@@ -102,21 +125,103 @@ impl Lockout {
 
     /// A successful login clears the failures counted against it.
     pub fn succeeded(&self, policy: &LoginPolicy, user: &str, ip: IpAddr) {
-        self.lock().remove(&LockKey::new(policy.lock_by, user, ip));
+        if let Some(key) = LockKey::new(policy.lock_by, user, ip) {
+            self.lock().remove(&key);
+        }
+    }
+
+    /// Lifts every lockout of user `name` (from every address) and forgets
+    /// the failures counted against it; sessions are not touched. Returns
+    /// how many active lockouts were lifted (0: the user was not locked
+    /// out). Lockouts keyed on an address alone (`lock_by = "ip"`) are
+    /// not the user's: [`clear`](Self::clear) lifts those.
+    pub fn unlock(&self, name: &str) -> usize {
+        let now = Instant::now();
+        let mut lifted = 0;
+        self.lock().retain(|k, r| {
+            if k.user() != Some(name) {
+                return true;
+            }
+            lifted += usize::from(r.locked_at(now));
+            false
+        });
+        if lifted > 0 {
+            tracing::info!(user = name, lockouts = lifted, "lockout lifted by the operator");
+        } else {
+            tracing::info!(user = name, "unlock asked, but the user was not locked out");
+        }
+        lifted
+    }
+
+    /// Lifts every lockout and forgets every failure (SIGHUP). Returns how
+    /// many active lockouts were lifted.
+    pub fn clear(&self) -> usize {
+        let now = Instant::now();
+        let mut records = self.lock();
+        let lifted = records.values().filter(|r| r.locked_at(now)).count();
+        records.clear();
+        if lifted > 0 {
+            tracing::info!(lockouts = lifted, "all lockouts lifted");
+        }
+        lifted
+    }
+
+    /// Entries held (for tests of the bound).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-/// A hash to verify against when the user does not exist, so that an
-/// unknown name costs as much time as a wrong password.
+/// Frees one slot in a full table; false when every entry is an active
+/// lockout (those are never dropped, or flooding the table would lift
+/// them).
+fn make_room(records: &mut HashMap<LockKey, Record>, policy: &LoginPolicy, now: Instant) -> bool {
+    records.retain(|_, r| r.locked_at(now) || now.duration_since(r.window_start) < policy.window);
+    if records.len() < MAX_LOCK_ENTRIES {
+        return true;
+    }
+    let oldest = records
+        .iter()
+        .filter(|(_, r)| !r.locked_at(now))
+        .min_by_key(|(_, r)| r.window_start)
+        .map(|(k, _)| k.clone());
+    match oldest {
+        Some(k) => {
+            records.remove(&k);
+            true
+        }
+        None => false,
+    }
+}
+
+/// A hash to verify against when the user does not exist (or is locked
+/// out), so that every failed login costs the same argon2 time.
 fn dummy_hash() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DUMMY.get_or_init(|| super::users::hash_password("drift-no-such-user").unwrap_or_default())
+}
+
+/// How a name is shown in the logs: as given when it is a valid user name,
+/// else cut to [`MAX_NAME_LEN`] characters (the transfer log quotes it).
+fn shown_name(name: &str) -> String {
+    if validate_name(name).is_ok() || name.chars().count() <= MAX_NAME_LEN {
+        name.to_owned()
+    } else {
+        let mut s: String = name.chars().take(MAX_NAME_LEN).collect();
+        s.push_str("...");
+        s
+    }
 }
 
 /// The node's [`Authenticator`].
 pub struct NodeAuthenticator {
     state: Arc<StateHandle>,
     lockout: Arc<Lockout>,
+    xferlog: Arc<TransferLog>,
 }
 
 impl fmt::Debug for NodeAuthenticator {
@@ -125,55 +230,126 @@ impl fmt::Debug for NodeAuthenticator {
     }
 }
 
+/// Why a login attempt failed: the transfer log's reason and the error
+/// libunftp turns into `530` (the same reply for all, so a client cannot
+/// tell an unknown user from a wrong password).
+struct Refusal {
+    reason: &'static str,
+    error: AuthenticationError,
+}
+
 impl NodeAuthenticator {
+    /// An authenticator that writes no transfer log; see
+    /// [`with_transfer_log`](Self::with_transfer_log).
     pub fn new(state: Arc<StateHandle>, lockout: Arc<Lockout>) -> Self {
-        NodeAuthenticator { state, lockout }
+        NodeAuthenticator {
+            state,
+            lockout,
+            xferlog: Arc::new(TransferLog::off()),
+        }
+    }
+
+    /// Writes a `LOGIN` line to `log` for every login attempt.
+    pub fn with_transfer_log(mut self, log: Arc<TransferLog>) -> Self {
+        self.xferlog = log;
+        self
+    }
+
+    /// The lockout table this authenticator consults.
+    pub fn lockout(&self) -> &Arc<Lockout> {
+        &self.lockout
+    }
+
+    async fn check(&self, username: &str, password: String, ip: IpAddr) -> Result<(), Refusal> {
+        let state = self.state.current();
+        let policy = &state.service.login;
+        let valid_name = validate_name(username).is_ok();
+        let locked = self.lockout.locked_for(policy, username, ip, Instant::now());
+        let user = if valid_name { state.users.get(username).cloned() } else { None };
+        // Every attempt pays for one argon2 verification, also an unknown
+        // or locked-out name, so the answer's timing tells nothing.
+        let hash = match (&user, locked) {
+            (Some(u), None) => u.password_hash.clone(),
+            _ => dummy_hash().to_owned(),
+        };
+        // argon2 is deliberately slow: keep it off the async workers.
+        let ok = tokio::task::spawn_blocking(move || super::users::verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        if let Some(left) = locked {
+            tracing::debug!(user = %shown_name(username), %ip, seconds_left = left.as_secs(), "login refused: locked out");
+            tokio::time::sleep(policy.failure_delay).await;
+            return Err(Refusal {
+                reason: "locked out",
+                error: AuthenticationError::new("locked out after repeated failed logins"),
+            });
+        }
+        let user = match (user, ok) {
+            (Some(u), true) => u,
+            (user, _) => {
+                if self.lockout.failed(policy, username, ip, Instant::now()) {
+                    tracing::warn!(
+                        user = %shown_name(username),
+                        %ip,
+                        failures = policy.max_failures,
+                        lockout_secs = policy.lockout.as_secs(),
+                        "too many failed logins: locking out (lift with `drift user unlock` or SIGHUP)"
+                    );
+                }
+                tokio::time::sleep(policy.failure_delay).await;
+                return Err(match (user, valid_name) {
+                    (Some(_), _) => Refusal {
+                        reason: "bad password",
+                        error: AuthenticationError::BadPassword,
+                    },
+                    (None, true) => Refusal {
+                        reason: "unknown user",
+                        error: AuthenticationError::BadUser,
+                    },
+                    (None, false) => Refusal {
+                        reason: "invalid user name",
+                        error: AuthenticationError::BadUser,
+                    },
+                });
+            }
+        };
+        if !user.allows(ip) {
+            return Err(Refusal {
+                reason: "address not allowed",
+                error: AuthenticationError::IpDisallowed,
+            });
+        }
+        self.lockout.succeeded(policy, username, ip);
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Authenticator for NodeAuthenticator {
     async fn authenticate(&self, username: &str, creds: &Credentials) -> Result<Principal, AuthenticationError> {
-        let state = self.state.current();
-        let policy = &state.service.login;
+        let started = Instant::now();
         let ip = canonical_ip(creds.source_ip);
-        if let Some(left) = self.lockout.locked_for(policy, username, ip, Instant::now()) {
-            tracing::warn!(user = username, %ip, seconds_left = left.as_secs(), "login refused: locked out after repeated failures");
-            tokio::time::sleep(policy.failure_delay).await;
-            return Err(AuthenticationError::new("locked out after repeated failed logins"));
-        }
         let password = creds.password.clone().unwrap_or_default();
-        let user = state.users.get(username).cloned();
-        let hash = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_owned());
-        // argon2 is deliberately slow: keep it off the async workers.
-        let ok = tokio::task::spawn_blocking(move || super::users::verify_password(&hash, &password))
-            .await
-            .unwrap_or(false);
-        let user = match (user, ok) {
-            (Some(u), true) => u,
-            (user, _) => {
-                let locked = self.lockout.failed(policy, username, ip, Instant::now());
-                if locked {
-                    tracing::warn!(user = username, %ip, lockout_secs = policy.lockout.as_secs(), "too many failed logins: locking out");
-                } else {
-                    tracing::info!(user = username, %ip, known = user.is_some(), "failed login");
-                }
-                tokio::time::sleep(policy.failure_delay).await;
-                return Err(if user.is_some() {
-                    AuthenticationError::BadPassword
-                } else {
-                    AuthenticationError::BadUser
-                });
-            }
+        let result = self.check(username, password, ip).await;
+        // The refusal is logged here once, in the transfer log; the
+        // diagnostic log only says when a lockout starts or is lifted.
+        let shown = shown_name(username);
+        let outcome = match &result {
+            Ok(()) => Outcome::Ok,
+            Err(r) => Outcome::Refused(r.reason),
         };
-        if !user.allows(ip) {
-            tracing::warn!(user = username, %ip, "login refused: client address not in the user's allow_from");
-            return Err(AuthenticationError::IpDisallowed);
+        let mut entry = Entry::new(ip, Some(&shown), "LOGIN", outcome);
+        entry.duration = started.elapsed();
+        self.xferlog.record(&entry);
+        match result {
+            Ok(()) => Ok(Principal {
+                username: username.to_owned(),
+            }),
+            Err(r) => {
+                tracing::debug!(user = %shown, %ip, reason = r.reason, "login refused");
+                Err(r.error)
+            }
         }
-        self.lockout.succeeded(policy, username, ip);
-        Ok(Principal {
-            username: username.to_owned(),
-        })
     }
 }
 
@@ -283,5 +459,66 @@ mod tests {
         l.failed(&p, "a", ip, t1);
         assert!(l.failed(&p, "a", ip, t1));
         assert!(l.locked_for(&p, "a", "10.9.9.9".parse().unwrap(), t1).is_some());
+    }
+
+    #[test]
+    fn unlock_lifts_one_users_lockouts_and_clear_lifts_all() {
+        let l = Lockout::default();
+        let p = policy(LockBy::UserAndIp);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let now = Instant::now();
+        for ip in [a, b] {
+            for _ in 0..3 {
+                l.failed(&p, "alice", ip, now);
+                l.failed(&p, "bob", ip, now);
+            }
+        }
+        l.failed(&p, "carol", a, now);
+        assert!(l.locked_for(&p, "alice", a, now).is_some() && l.locked_for(&p, "alice", b, now).is_some());
+        assert_eq!(l.unlock("alice"), 2);
+        assert!(l.locked_for(&p, "alice", a, now).is_none() && l.locked_for(&p, "alice", b, now).is_none());
+        assert!(l.locked_for(&p, "bob", a, now).is_some(), "unlocking alice lifted bob's lockout");
+        assert_eq!(l.unlock("alice"), 0);
+        // carol has failures but no lockout: cleared, not counted.
+        assert_eq!(l.clear(), 2);
+        assert!(l.is_empty());
+        assert!(l.locked_for(&p, "bob", a, now).is_none());
+    }
+
+    #[test]
+    fn invalid_names_are_never_stored() {
+        let l = Lockout::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let huge = "x".repeat(1 << 20);
+        for by in [LockBy::User, LockBy::UserAndIp] {
+            for name in [huge.as_str(), "a b", "../x", ""] {
+                for _ in 0..5 {
+                    assert!(!l.failed(&policy(by), name, ip, Instant::now()));
+                }
+            }
+        }
+        assert!(l.is_empty());
+        // Keyed on the address alone, the name does not matter.
+        let p = policy(LockBy::Ip);
+        for _ in 0..3 {
+            l.failed(&p, &huge, ip, Instant::now());
+        }
+        assert!(l.locked_for(&p, "alice", ip, Instant::now()).is_some());
+    }
+
+    #[test]
+    fn the_table_stays_bounded_and_keeps_active_lockouts() {
+        let l = Lockout::default();
+        let p = policy(LockBy::UserAndIp);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        for _ in 0..3 {
+            l.failed(&p, "victim", ip, now);
+        }
+        for i in 0..MAX_LOCK_ENTRIES + 500 {
+            l.failed(&p, &format!("u{i}"), ip, now);
+        }
+        assert_eq!(l.len(), MAX_LOCK_ENTRIES);
+        assert!(l.locked_for(&p, "victim", ip, now).is_some(), "flooding the table lifted a lockout");
     }
 }
