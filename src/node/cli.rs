@@ -94,11 +94,15 @@ pub enum UserCmd {
         #[arg(long, value_name = "NETS")]
         allow_from: Option<String>,
         #[command(flatten)]
+        password: PasswordArgs,
+        #[command(flatten)]
         file: UsersFileArg,
     },
     /// Change a user's password; asks for the new one.
     Passwd {
         name: String,
+        #[command(flatten)]
+        password: PasswordArgs,
         #[command(flatten)]
         file: UsersFileArg,
     },
@@ -113,6 +117,40 @@ pub enum UserCmd {
         #[command(flatten)]
         file: UsersFileArg,
     },
+    /// Lift a user's failed-login lockout on a running node, at once and
+    /// without touching any session (SIGHUP to the node lifts all
+    /// lockouts).
+    #[command(after_help = "Example:\n  drift user unlock alice --config /etc/drift/node.toml")]
+    Unlock {
+        name: String,
+        #[command(flatten)]
+        node: NodeSocketArg,
+    },
+}
+
+/// How `drift user unlock` reaches the running node.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct NodeSocketArg {
+    /// The node's configuration file; its `[admin] socket` (default
+    /// `<config stem>.admin.sock` beside it) is the node's admin socket.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The node's admin socket itself.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+/// The shortest password `drift user add` and `passwd` accept unless
+/// `--min-length` says otherwise.
+pub const DEFAULT_MIN_PASSWORD_LEN: usize = 10;
+
+/// Password policy for `add` and `passwd`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct PasswordArgs {
+    /// Refuse passwords shorter than this many characters.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_PASSWORD_LEN, env = "DRIFT_MIN_PASSWORD_LENGTH")]
+    pub min_length: usize,
 }
 
 pub fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
@@ -128,6 +166,7 @@ pub fn run_user(cmd: UserCmd) -> anyhow::Result<ExitCode> {
             home,
             perm,
             allow_from,
+            password: policy,
             file,
         } => {
             let path = file.path()?;
@@ -154,7 +193,7 @@ pub fn run_user(cmd: UserCmd) -> anyhow::Result<ExitCode> {
             if table.get(&name).is_some() {
                 bail!("user {name:?} already exists in {}", path.display());
             }
-            let password = read_password(&name)?;
+            let password = read_password(&name, policy)?;
             table.add(User {
                 name: name.clone(),
                 password_hash: users::hash_password(&password)?,
@@ -165,13 +204,17 @@ pub fn run_user(cmd: UserCmd) -> anyhow::Result<ExitCode> {
             table.save(&path)?;
             eprintln!("added user {name} (home {home}, permissions {perms}) to {}", path.display());
         }
-        UserCmd::Passwd { name, file } => {
+        UserCmd::Passwd {
+            name,
+            password: policy,
+            file,
+        } => {
             let path = file.path()?;
             let mut table = Users::load(&path)?;
             if table.get(&name).is_none() {
                 bail!("no user {name:?} in {}", path.display());
             }
-            let password = read_password(&name)?;
+            let password = read_password(&name, policy)?;
             table.set_password_hash(&name, users::hash_password(&password)?)?;
             table.save(&path)?;
             eprintln!("changed the password of {name} in {}", path.display());
@@ -186,6 +229,22 @@ pub fn run_user(cmd: UserCmd) -> anyhow::Result<ExitCode> {
         UserCmd::List { file } => {
             let path = file.path()?;
             print_users(&Users::load(&path)?, &path)?;
+        }
+        UserCmd::Unlock { name, node } => {
+            users::validate_name(&name)?;
+            let socket = match (node.socket, node.config) {
+                (Some(s), _) => s,
+                (None, Some(c)) => {
+                    let cfg = NodeConfig::load(&c)?;
+                    cfg.admin_socket
+                        .with_context(|| format!("{} sets [admin] socket = \"off\": the node cannot be reached; send it SIGHUP to lift all lockouts", c.display()))?
+                }
+                (None, None) => bail!("give --config FILE or --socket PATH"),
+            };
+            match super::admin::unlock(&socket, &name)? {
+                0 => eprintln!("{name} was not locked out"),
+                n => eprintln!("unlocked {name} ({n} lockout{} lifted)", if n == 1 { "" } else { "s" }),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -210,8 +269,9 @@ fn print_users(table: &Users, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Reads a password: twice from a terminal prompt, or one line from
-/// standard input when it is not a terminal (scripts, tests).
-fn read_password(name: &str) -> anyhow::Result<String> {
+/// standard input when it is not a terminal (scripts, tests). Refuses one
+/// shorter than `policy.min_length` characters.
+fn read_password(name: &str, policy: PasswordArgs) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     let password = if stdin.is_terminal() {
         let first = rpassword::prompt_password(format!("Password for {name}: ")).context("reading the password")?;
@@ -227,6 +287,13 @@ fn read_password(name: &str) -> anyhow::Result<String> {
     };
     if password.is_empty() {
         bail!("empty password; nothing changed");
+    }
+    let len = password.chars().count();
+    if len < policy.min_length {
+        bail!(
+            "the password has {len} characters, fewer than the minimum of {} (--min-length or DRIFT_MIN_PASSWORD_LENGTH); nothing changed",
+            policy.min_length
+        );
     }
     Ok(password)
 }

@@ -78,6 +78,9 @@ pub struct NodeConfig {
     pub service_file: PathBuf,
     /// The transfer and access log (`[log]`).
     pub transfer_log: TransferLogConfig,
+    /// The admin socket `drift user unlock` talks to (`[admin] socket`);
+    /// `None` when set to "off".
+    pub admin_socket: Option<PathBuf>,
 }
 
 /// Where and how the transfer log is written (`[log]` in node.toml).
@@ -105,7 +108,20 @@ struct RawNode {
     state: RawState,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    admin: RawAdmin,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// A path, or "off"; default: `<config file stem>.admin.sock` beside
+    /// the config file.
+    socket: Option<String>,
+}
+
+/// Longest path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -237,8 +253,27 @@ impl NodeConfig {
             };
             TransferLogConfig { destination, format }
         };
+        let admin_socket = match raw.admin.socket.as_deref() {
+            Some("off") => None,
+            Some("") => return Err(invalid("admin.socket must be a path or \"off\"".into())),
+            Some(p) => Some(resolve(base, Path::new(p))),
+            None => {
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "node".into());
+                Some(base.join(format!("{stem}.admin.sock")))
+            }
+        };
+        if let Some(sock) = &admin_socket {
+            let len = sock.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(invalid(format!(
+                    "admin socket path {} is {len} bytes, more than a Unix socket allows ({MAX_SOCKET_PATH}); set [admin] socket to a shorter path",
+                    sock.display()
+                )));
+            }
+        }
         Ok(NodeConfig {
             transfer_log,
+            admin_socket,
             path: path.to_owned(),
             backing,
             mode,
@@ -628,8 +663,10 @@ mod tests {
         assert!(svc.filter.allows("10.1.1.1".parse().unwrap()));
         assert!(!svc.filter.allows("10.66.1.1".parse().unwrap()));
         let users = crate::node::users::Users::load(&node.users_file).unwrap();
-        assert!(users.get("alice").unwrap().verify_password("change-me"));
-        assert!(users.get("reports").unwrap().verify_password("change-me"));
+        assert!(users.get("alice").is_some() && users.get("reports").is_some());
+        // The example ships no usable password: its hashes are published,
+        // so a node refuses them (tests/node_security.rs runs one).
+        assert!(users.iter().all(|u| crate::node::users::PUBLISHED_HASHES.contains(&u.password_hash.as_str())));
     }
 
     #[test]

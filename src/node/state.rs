@@ -21,6 +21,12 @@ pub enum StateError {
     Users(#[from] UsersError),
     #[error(transparent)]
     Service(#[from] ConfigError),
+    #[error(
+        "users file {path}: user {user:?} has a password hash that is published in drift's repository \
+         (examples/node/users.toml), so its password may be known to anyone; \
+         set a new one with `drift user passwd {user} --users {path}`"
+    )]
+    PublishedHash { path: PathBuf, user: String },
 }
 
 /// One consistent version of the initial state.
@@ -37,6 +43,12 @@ impl InitialState {
     pub fn load(users_file: &Path, service_file: &Path) -> Result<InitialState, StateError> {
         let service = ServiceConfig::load(service_file)?;
         let users = Users::load(users_file)?;
+        if let Some(u) = users.published() {
+            return Err(StateError::PublishedHash {
+                path: users_file.to_owned(),
+                user: u.name.clone(),
+            });
+        }
         let greeting: &'static str = Box::leak(service.greeting.clone().into_boxed_str());
         Ok(InitialState { service, users, greeting })
     }

@@ -27,6 +27,18 @@ use serde::{Deserialize, Serialize};
 /// Longest accepted user name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// Password hashes that have been published in drift's repository (the
+/// example users file, now and in its history). Anyone can read them, so
+/// whatever password they hash may be known: a node refuses to start with
+/// one ([`Users::published`]).
+pub const PUBLISHED_HASHES: &[&str] = &[
+    // examples/node/users.toml: the hash of a random password that was
+    // discarded, so the example carries no usable password.
+    "$argon2id$v=19$m=19456,t=2,p=1$CWgW0OxexEWuH+thY3CBBg$zpn8nHXvsK8X4EkjEdiiWC/6o9EYsFACeO5/CSDoY1w",
+    // examples/node/users.toml before: the hash of "change-me".
+    "$argon2id$v=19$m=19456,t=2,p=1$87ZpeFnMmQm4TQfO9Abrpg$GUzQhGFIfTI+FWIqXNtKmUabzlmHX+9hbvuCBu+sdhM",
+];
+
 /// Errors reading, validating or writing a users file.
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
@@ -410,6 +422,11 @@ impl Users {
 
     pub fn get(&self, name: &str) -> Option<&User> {
         self.users.get(name)
+    }
+
+    /// The first user whose password hash is one of [`PUBLISHED_HASHES`].
+    pub fn published(&self) -> Option<&User> {
+        self.users.values().find(|u| PUBLISHED_HASHES.contains(&u.password_hash.trim()))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &User> {
