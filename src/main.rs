@@ -18,7 +18,7 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("drift: error: {err:#}");
+            eprintln!("drift: error: {}", drift::cli::error_message(&err));
             ExitCode::from(drift::cli::EXIT_FAILURE)
         }
     }

@@ -59,17 +59,35 @@ pub enum Command {
     Man(man::ManArgs),
 }
 
-/// Default log filter: libunftp logs whole session structs at info level.
-const DEFAULT_LOG: &str = "info,libunftp=warn";
+/// Default log filter. libunftp logs whole session structs (Rust `Debug`)
+/// at info, and every refused command again at warn; the node logs each
+/// refusal once itself (the transfer log), so only libunftp's errors show.
+const DEFAULT_LOG: &str = "info,libunftp=warn,libunftp::server::controlchan::commands=error";
 
-/// Sets up `tracing` on standard error. `--log` beats `DRIFT_LOG`, which
-/// beats the default `info`.
+/// The filter used: `--log` beats `DRIFT_LOG`, which beats
+/// [`DEFAULT_LOG`]. A filter that does not name libunftp gets the default's
+/// libunftp directives appended, so `DRIFT_LOG=debug` shows drift's debug
+/// lines without libunftp's struct dumps (name `libunftp=...` to see them).
+pub fn log_filter(flag: Option<&str>, env: Option<&str>) -> String {
+    match flag.or(env) {
+        None => DEFAULT_LOG.to_owned(),
+        Some(f) if f.contains("libunftp") => f.to_owned(),
+        Some(f) => {
+            let quiet = DEFAULT_LOG.split_once(',').map(|(_, rest)| rest).unwrap_or("");
+            if f.trim().is_empty() {
+                DEFAULT_LOG.to_owned()
+            } else {
+                format!("{f},{quiet}")
+            }
+        }
+    }
+}
+
+/// Sets up `tracing` on standard error with [`log_filter`].
 pub fn init_logging(flag: Option<&str>) {
     use tracing_subscriber::EnvFilter;
-    let filter = flag
-        .map(str::to_owned)
-        .or_else(|| std::env::var("DRIFT_LOG").ok())
-        .unwrap_or_else(|| DEFAULT_LOG.to_owned());
+    let env = std::env::var("DRIFT_LOG").ok();
+    let filter = log_filter(flag, env.as_deref());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|err| {
         eprintln!("drift: ignoring bad log filter {filter:?}: {err}");
         EnvFilter::new(DEFAULT_LOG)
@@ -79,6 +97,53 @@ pub fn init_logging(flag: Option<&str>) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// The one-line message for a failed command: the error and its causes,
+/// joined by `: `, leaving out a cause whose text the message already
+/// holds (error types that print their source would otherwise show an OS
+/// error twice: `cannot read X: No such file (os error 2): No such file
+/// (os error 2)`).
+pub fn error_message(err: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_causes_already_in_the_message_are_not_repeated() {
+        let os = std::io::Error::from_raw_os_error(libc::ENOENT);
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read users file /x: {source}")]
+        struct Read {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Read { source: os }).context("drift node");
+        let m = error_message(&e);
+        assert_eq!(m, "drift node: cannot read users file /x: No such file or directory (os error 2)");
+        let plain = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOENT)).context("opening /y");
+        assert_eq!(error_message(&plain), "opening /y: No such file or directory (os error 2)");
+    }
+
+    #[test]
+    fn log_filters_keep_libunftp_quiet_unless_named() {
+        assert_eq!(log_filter(None, None), DEFAULT_LOG);
+        assert_eq!(log_filter(Some("debug"), Some("trace")), "debug,libunftp=warn,libunftp::server::controlchan::commands=error");
+        assert_eq!(log_filter(None, Some("info,libunftp=debug")), "info,libunftp=debug");
+    }
 }
 
 /// Runs one parsed command line.
