@@ -198,11 +198,15 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).mode(0o640).open(path)
 }
 
+/// RFC 3339 in UTC with exactly three fractional digits
+/// (`2026-12-01T10:00:00.120Z`): a fixed width, so lines sort and align.
+/// (The well-known Rfc3339 format drops trailing zeros: `...00.12Z`.)
 fn rfc3339(t: time::OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::FormatItem<'static>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     // Milliseconds are enough to order lines by eye and join them with the
     // diagnostic log.
-    let t = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.to_offset(time::UtcOffset::UTC).format(FORMAT).unwrap_or_default()
 }
 
 /// A value for the text format: bare if it is a plain token, else a JSON
@@ -308,6 +312,13 @@ mod tests {
             text_line(at(), &e),
             "2026-12-01T10:00:00.123Z ::1 \"x\\ny=1\" LOGIN refused ms=1500 reason=\"bad password\"\n"
         );
+    }
+
+    #[test]
+    fn times_have_a_fixed_width() {
+        assert_eq!(rfc3339(time::macros::datetime!(2026-12-01 10:00:00.120999 UTC)), "2026-12-01T10:00:00.120Z");
+        assert_eq!(rfc3339(time::macros::datetime!(2026-12-01 10:00:00 UTC)), "2026-12-01T10:00:00.000Z");
+        assert_eq!(rfc3339(time::macros::datetime!(2026-12-01 12:00:00.5 +02:00)), "2026-12-01T10:00:00.500Z");
     }
 
     #[test]

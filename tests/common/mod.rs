@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod ops_node;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
