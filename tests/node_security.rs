@@ -37,7 +37,7 @@ fn two_users() -> NodeSetup {
     NodeSetup {
         users: vec![
             user("alice", "alice-pw-1", "/alice", ALL_PERMS),
-            user("bob", "bob-pw-1", "/bob", ALL_PERMS),
+            user("bob", "bob-pw-1234", "/bob", ALL_PERMS),
         ],
         precreate: vec!["alice", "bob"],
         ..NodeSetup::default()
@@ -202,7 +202,7 @@ fn repeated_wrong_passwords_lock_the_account() {
     let node = TestNode::start(NodeSetup {
         users: vec![
             user("alice", "alice-pw-1", "/alice", ALL_PERMS),
-            user("bob", "bob-pw-1", "/bob", ALL_PERMS),
+            user("bob", "bob-pw-1234", "/bob", ALL_PERMS),
         ],
         precreate: vec!["alice", "bob"],
         service_extra: "[login]\nmax_failures = 3\nwindow_secs = 60\nlockout_secs = 60\nlock_by = \"user\"\nfailure_delay_ms = 0\n".into(),
@@ -217,7 +217,7 @@ fn repeated_wrong_passwords_lock_the_account() {
     let (code, text) = Ftp::try_login(node.addr, "alice", "alice-pw-1");
     assert_eq!(code, 530, "locked account logged in: {text}");
     // ...while other accounts are unaffected.
-    let mut bob = Ftp::login(node.addr, "bob", "bob-pw-1");
+    let mut bob = Ftp::login(node.addr, "bob", "bob-pw-1234");
     assert_eq!(bob.cmd("QUIT").0, 221);
     // Unknown users are not told apart from wrong passwords.
     assert_eq!(Ftp::try_login(node.addr, "mallory", "x").0, 530);
@@ -277,7 +277,7 @@ fn session_limits_refuse_with_421_and_free_slots_on_quit() {
     let node = TestNode::start(NodeSetup {
         users: vec![
             user("alice", "alice-pw-1", "/alice", ALL_PERMS),
-            user("bob", "bob-pw-1", "/bob", ALL_PERMS),
+            user("bob", "bob-pw-1234", "/bob", ALL_PERMS),
         ],
         precreate: vec!["alice", "bob"],
         service_extra: "[sessions]\nmax_total = 2\nmax_per_user = 1\n".into(),
@@ -305,14 +305,14 @@ fn session_limits_refuse_with_421_and_free_slots_on_quit() {
             }
             f.cmd("USER bob");
             bob = Some(f);
-            bob.as_mut().unwrap().cmd("PASS bob-pw-1").0 == 230
+            bob.as_mut().unwrap().cmd("PASS bob-pw-1234").0 == 230
         }),
         "the slot of the quitted session was never freed"
     );
     let mut bob = bob.unwrap();
     // A curl upload is refused too, and writes nothing.
     let out = std::process::Command::new("curl")
-        .args(["-v", "--max-time", "10", "-T", "/etc/hostname", "--user", "bob:bob-pw-1"])
+        .args(["-v", "--max-time", "10", "-T", "/etc/hostname", "--user", "bob:bob-pw-1234"])
         .arg(format!("ftp://127.0.0.1:{}/x", node.port()))
         .output()
         .unwrap();
@@ -343,4 +343,194 @@ fn session_limits_refuse_with_421_and_free_slots_on_quit() {
         }),
         "alice's slot never freed"
     );
+}
+
+fn lock_by_user() -> NodeSetup {
+    NodeSetup {
+        users: vec![
+            user("alice", "alice-pw-1", "/alice", ALL_PERMS),
+            user("bob", "bob-pw-1234", "/bob", ALL_PERMS),
+        ],
+        precreate: vec!["alice", "bob"],
+        service_extra: "[login]\nmax_failures = 3\nwindow_secs = 60\nlockout_secs = 600\nlock_by = \"user\"\nfailure_delay_ms = 0\n".into(),
+        ..NodeSetup::default()
+    }
+}
+
+fn lock_out(node: &TestNode, name: &str) {
+    for i in 0..3 {
+        assert_eq!(Ftp::try_login(node.addr, name, "wrong-password").0, 530, "attempt {i}");
+    }
+    let (code, text) = Ftp::try_login(node.addr, name, "alice-pw-1");
+    assert_eq!(code, 530, "{name} is not locked out: {text}");
+}
+
+fn unlock_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(drift_bin())
+        .args(args)
+        .env("DRIFT_LOG", "warn")
+        .output()
+        .expect("drift user unlock")
+}
+
+/// `drift user unlock` lifts a lockout on the running node at once, while
+/// a session the user opened before keeps working, and logs it.
+#[test]
+fn an_operator_unlocks_a_user_without_dropping_their_session() {
+    let node = TestNode::start(lock_by_user());
+    let mut session = Ftp::login(node.addr, "alice", "alice-pw-1");
+    lock_out(&node, "alice");
+    assert!(node.wait_log("locking out", Duration::from_secs(5)), "{}", node.logs());
+
+    let config = node.config.to_str().unwrap();
+    let out = unlock_cli(&["user", "unlock", "alice", "--config", config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "unlock failed: {stderr}\n{}", node.logs());
+    assert!(stderr.contains("unlocked alice (1 lockout lifted)"), "{stderr}");
+    assert!(node.wait_log("lockout lifted by the operator", Duration::from_secs(5)), "{}", node.logs());
+
+    // The session opened before the lockout was never dropped and works.
+    let (first, last) = session.stor("kept.txt", b"still here");
+    assert_eq!((first.0, last.0), (150, 226), "{first:?} {last:?}");
+    assert_eq!(std::fs::read(node.backing.join("alice/kept.txt")).unwrap(), b"still here");
+    // And a new login works again.
+    let mut again = Ftp::login(node.addr, "alice", "alice-pw-1");
+    assert_eq!(again.cmd("QUIT").0, 221);
+    assert_eq!(session.cmd("QUIT").0, 221);
+
+    // Unlocking someone who is not locked out says so; a bad name or a
+    // node that is not running are clear errors.
+    let out = unlock_cli(&["user", "unlock", "bob", "--config", config]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bob was not locked out"));
+    let out = unlock_cli(&["user", "unlock", "../x", "--config", config]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid user name"));
+    let out = unlock_cli(&["user", "unlock", "alice", "--socket", node.dir.path().join("nope.sock").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the node's admin socket"), "{out:?}");
+}
+
+/// The admin socket is private to root and the node's user.
+#[test]
+fn the_admin_socket_is_mode_0600() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let node = TestNode::start(NodeSetup::default());
+    let sock = node.dir.path().join("node.admin.sock");
+    assert!(node.wait_log("admin socket listening", Duration::from_secs(10)), "{}", node.logs());
+    let md = std::fs::metadata(&sock).unwrap_or_else(|e| panic!("{}: {e}\n{}", sock.display(), node.logs()));
+    assert!(md.file_type().is_socket());
+    assert_eq!(md.permissions().mode() & 0o777, 0o600);
+}
+
+/// SIGHUP lifts every lockout (and reloads), without dropping sessions.
+#[test]
+fn sighup_lifts_all_lockouts() {
+    let node = TestNode::start(lock_by_user());
+    let mut session = Ftp::login(node.addr, "bob", "bob-pw-1234");
+    lock_out(&node, "alice");
+    lock_out(&node, "bob");
+    node.signal(libc::SIGHUP);
+    assert!(node.wait_log("all lockouts lifted", Duration::from_secs(5)), "{}", node.logs());
+    assert!(node.wait_log("SIGHUP: initial state reloaded", Duration::from_secs(5)));
+    assert_eq!(Ftp::try_login(node.addr, "alice", "alice-pw-1").0, 230);
+    assert_eq!(Ftp::try_login(node.addr, "bob", "bob-pw-1234").0, 230);
+    assert_eq!(session.cmd("NOOP").0, 200, "SIGHUP dropped a session");
+}
+
+/// A locked-out login costs the same password check as any failed login,
+/// so its answer time does not tell an attacker the account is locked.
+#[test]
+fn a_locked_out_login_takes_as_long_as_a_failed_one() {
+    let node = TestNode::start(lock_by_user());
+    let time = |name: &str, pw: &str| {
+        let mut f = Ftp::connect(node.addr);
+        assert_eq!(f.cmd(&format!("USER {name}")).0, 331);
+        let t = std::time::Instant::now();
+        assert_eq!(f.cmd(&format!("PASS {pw}")).0, 530);
+        t.elapsed()
+    };
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    // bob is locked out; alice's failures stay below the limit because a
+    // login in between resets her count.
+    lock_out(&node, "bob");
+    let mut failed = Vec::new();
+    let mut locked = Vec::new();
+    for _ in 0..5 {
+        failed.push(time("alice", "wrong-password"));
+        assert_eq!(Ftp::try_login(node.addr, "alice", "alice-pw-1").0, 230);
+        locked.push(time("bob", "bob-pw-1234"));
+    }
+    let (failed, locked) = (median(failed), median(locked));
+    assert!(
+        locked * 2 >= failed,
+        "a locked-out login is answered much faster ({locked:?}) than a failed one ({failed:?})"
+    );
+}
+
+/// The example users file carries no usable password: a node refuses to
+/// start with its (published) hashes, says how to set a password, and
+/// mounts nothing.
+#[test]
+fn a_node_refuses_the_example_users_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["backing", "mnt"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node/users.toml");
+    let users = dir.path().join("users.toml");
+    std::fs::copy(&example, &users).unwrap();
+    write_service(&dir.path().join("service.toml"), "");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[storage]\nbacking = \"backing\"\nmountpoint = \"mnt\"\njournal = \"journal.db\"\n[state]\nusers = \"users.toml\"\nservice = \"service.toml\"\n",
+    )
+    .unwrap();
+    let start = || {
+        std::process::Command::new(drift_bin())
+            .args(["node", "--config"])
+            .arg(&config)
+            .env("DRIFT_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = start();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("published in drift's repository") && stderr.contains("drift user passwd alice --users"),
+        "{stderr}"
+    );
+    assert!(!common::is_mounted(&dir.path().join("mnt")));
+    assert!(!dir.path().join("journal.db").exists(), "the node touched the system before refusing");
+
+    // The message's advice works: once both users have a password of their
+    // own the same file starts a node.
+    for name in ["alice", "reports"] {
+        let mut cmd = std::process::Command::new(drift_bin());
+        cmd.args(["user", "passwd", name, "--users"]).arg(&users);
+        let out = pipe_stdin(cmd, "a-new-password-1\n");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut node = std::process::Command::new(drift_bin())
+        .args(["node", "--config"])
+        .arg(&config)
+        .env("DRIFT_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mnt = dir.path().join("mnt");
+    let up = wait_until(Duration::from_secs(20), || common::is_mounted(&mnt) || node.try_wait().ok().flatten().is_some());
+    unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
+    let status = node.wait().unwrap();
+    if common::is_mounted(&mnt) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&mnt).status();
+    }
+    assert!(up && status.success(), "the node did not start with new passwords: {status}");
 }
