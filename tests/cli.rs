@@ -57,3 +57,18 @@ fn digest_of_a_missing_directory_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/drift-test"));
 }
+
+/// An OS error is printed once, not once per layer that wraps it.
+#[test]
+fn an_os_error_is_printed_once() {
+    for args in [
+        vec!["user", "list", "--users", "/nonexistent/drift-users.toml"],
+        vec!["node", "--config", "/nonexistent/drift-node.toml"],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("No such file or directory").count(), 1, "{args:?}: {err}");
+        assert!(err.contains("/nonexistent/drift-"), "{args:?}: {err}");
+    }
+}

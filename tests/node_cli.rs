@@ -261,3 +261,37 @@ fn help_documents_the_file_formats() {
         assert!(help.contains(needle), "drift user add --help lacks {needle}:\n{help}");
     }
 }
+
+/// `drift user add` and `passwd` refuse a password shorter than the
+/// minimum (default 10 characters, `--min-length N` or
+/// `DRIFT_MIN_PASSWORD_LENGTH`), and change nothing when they do.
+#[test]
+fn short_passwords_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    let f = file.to_str().unwrap();
+    let add = ["user", "add", "carol", "--users", f, "--home", "/c", "--perm", "read"];
+    let out = user_cmd(&add, "nine-char\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("9 characters, fewer than the minimum of 10"), "{err}");
+    assert!(!file.exists(), "a refused add wrote the users file");
+    // Ten characters (not bytes: "é" is two) is enough.
+    let out = user_cmd(&add, "ten-chars\u{e9}\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&file).unwrap();
+
+    let passwd = ["user", "passwd", "carol", "--users", f];
+    let out = user_cmd(&passwd, "short\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text, "a refused passwd changed the file");
+    // The minimum is configurable, both ways.
+    let out = user_cmd(&[&passwd[..], &["--min-length", "5"]].concat(), "short\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut c = Command::new(drift_bin());
+    c.args(passwd).env("DRIFT_MIN_PASSWORD_LENGTH", "20");
+    let out = pipe_stdin(c, "nineteen-characters\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fewer than the minimum of 20"), "{out:?}");
+    let help = String::from_utf8_lossy(&drift(&["user", "add", "--help"]).stdout).into_owned();
+    assert!(help.contains("--min-length") && help.contains("default: 10"), "{help}");
+}
