@@ -490,17 +490,26 @@ fn a_node_refuses_the_example_users_file() {
         "[storage]\nbacking = \"backing\"\nmountpoint = \"mnt\"\njournal = \"journal.db\"\n[state]\nusers = \"users.toml\"\nservice = \"service.toml\"\n",
     )
     .unwrap();
-    let start = || {
-        std::process::Command::new(drift_bin())
-            .args(["node", "--config"])
-            .arg(&config)
-            .env("DRIFT_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let out = start();
+    // Bounded: a node that wrongly starts must fail the test, not hang it.
+    let mut child = std::process::Command::new(drift_bin())
+        .args(["node", "--config"])
+        .arg(&config)
+        .env("DRIFT_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(Duration::from_secs(20), || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    let out = child.wait_with_output().unwrap();
+    if common::is_mounted(&dir.path().join("mnt")) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(dir.path().join("mnt")).status();
+    }
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(exited, "the node started with the example's published hashes");
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("published in drift's repository") && stderr.contains("drift user passwd alice --users"),
