@@ -214,3 +214,27 @@ f.quit()
         assert!(!l.contains("libunftp::server::controlchan::commands"), "a refused command logged by libunftp: {l}");
     }
 }
+
+/// logrotate moves the file and sends SIGHUP: the node reopens the path
+/// and writes on into the new file.
+#[test]
+fn sighup_reopens_the_log_file_after_rotation() {
+    let node = OpsNode::start(&users(), LOGIN_POLICY, "[log]\ntransfers = \"xfer.log\"\n", Some("info,libunftp=warn"));
+    let login = r#"
+import ftplib, sys
+f = ftplib.FTP(); f.connect("127.0.0.1", int(sys.argv[1]), timeout=30)
+f.login("alice", "alice-pw-1"); f.quit()
+"#;
+    let port = node.port().to_string();
+    python(login, &[&port]);
+    let log = node.path("xfer.log");
+    let rotated = node.path("xfer.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    node.signal(libc::SIGHUP);
+    assert!(node.wait_log("SIGHUP: initial state reloaded", Duration::from_secs(10)), "{}", node.logs());
+    python(login, &[&port]);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default().lines().map(normalise_text).collect::<Vec<_>>();
+    assert!(common::wait_until(Duration::from_secs(10), || !read(&log).is_empty()), "nothing written to the reopened {log:?}");
+    assert_eq!(read(&rotated), ["127.0.0.1 alice LOGIN ok ms=_"]);
+    assert_eq!(read(&log), ["127.0.0.1 alice LOGIN ok ms=_"]);
+}
