@@ -35,10 +35,19 @@ The node configuration (TOML):
   users = \"users.toml\"               # relative to this file
   service = \"service.toml\"
 
+  [log]                              # the transfer log: one line per login,
+  transfers = \"stderr\"               # transfer and refusal; \"off\" or a file
+  format = \"text\"                    # or \"json\"
+
+  [admin]                            # what `drift user unlock` talks to
+  socket = \"node.admin.sock\"         # default: <config stem>.admin.sock here
+
 The users file ([[user]] name, password_hash, home, permissions, allow_from) \
 is managed with `drift user`. The service file sets listen, greeting, \
 passive_ports, idle_timeout_secs, [sessions], [filter], [login] and [ftps]. \
-Both formats are described in docs/node.md, with examples in examples/node/.";
+Both formats, the transfer log's lines and every default are described in \
+docs/node.md, with examples in examples/node/. SIGHUP also lifts all \
+failed-login lockouts and reopens a transfer log file (after rotation).";
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = NODE_LONG_ABOUT)]
