@@ -119,6 +119,19 @@ pub fn error_message(err: &anyhow::Error) -> String {
     msg
 }
 
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Mount(args) => mount::run(args),
+        Command::Journal(cmd) => journal::run(cmd),
+        Command::Digest(args) => digest::run(args),
+        Command::Node(args) => crate::node::cli::run_node(args),
+        Command::User(cmd) => crate::node::cli::run_user(cmd),
+        Command::Xfer(cmd) => crate::xfer::cli::run(cmd),
+        Command::Man(args) => man::run(args),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,18 +156,5 @@ mod tests {
         assert_eq!(log_filter(None, None), DEFAULT_LOG);
         assert_eq!(log_filter(Some("debug"), Some("trace")), "debug,libunftp=warn,libunftp::server::controlchan::commands=error");
         assert_eq!(log_filter(None, Some("info,libunftp=debug")), "info,libunftp=debug");
-    }
-}
-
-/// Runs one parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Mount(args) => mount::run(args),
-        Command::Journal(cmd) => journal::run(cmd),
-        Command::Digest(args) => digest::run(args),
-        Command::Node(args) => crate::node::cli::run_node(args),
-        Command::User(cmd) => crate::node::cli::run_user(cmd),
-        Command::Xfer(cmd) => crate::xfer::cli::run(cmd),
-        Command::Man(args) => man::run(args),
     }
 }
