@@ -181,6 +181,14 @@ impl TransferLog {
         }
     }
 
+    /// Writes the `CONNECT refused` line of a connection turned away
+    /// before the greeting (address filter, connection limits), with the
+    /// reason as the client's `421` gives it.
+    pub fn connect_refused(&self, client: IpAddr, reason: &str) {
+        let client = super::users::canonical_ip(client);
+        self.record(&Entry::new(client, None, "CONNECT", Outcome::Refused(reason)));
+    }
+
     /// Re-opens a log file (after logrotate moved it); called on SIGHUP.
     pub fn reopen(&self) -> io::Result<()> {
         let Some(sink) = &self.sink else { return Ok(()) };
@@ -329,6 +337,17 @@ mod tests {
             serde_json::json!({"time":"2026-12-01T10:00:00.123Z","client":"10.0.0.7","user":"alice",
                 "command":"STOR","result":"ok","path":"/in/a b.txt","bytes":42,"ms":7,"seq":19})
         );
+    }
+
+    #[test]
+    fn refused_connections_have_no_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("xfer.log");
+        let log = TransferLog::open(&Destination::File(path.clone()), Format::Text).unwrap();
+        log.connect_refused("::ffff:10.66.0.3".parse().unwrap(), "address not allowed by the service filter");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (_, rest) = text.split_once(' ').unwrap();
+        assert_eq!(rest, "10.66.0.3 - CONNECT refused ms=0 reason=\"address not allowed by the service filter\"\n");
     }
 
     #[test]
