@@ -536,10 +536,13 @@ fn a_node_refuses_the_example_users_file() {
         .unwrap();
     let mnt = dir.path().join("mnt");
     let up = wait_until(Duration::from_secs(20), || common::is_mounted(&mnt) || node.try_wait().ok().flatten().is_some());
+    let running = up && node.try_wait().ok().flatten().is_none();
+    // (Its exit status is not checked: SIGTERM may arrive before the node
+    // has installed its handler.)
     unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
-    let status = node.wait().unwrap();
+    let out = node.wait_with_output().unwrap();
     if common::is_mounted(&mnt) {
         let _ = std::process::Command::new("umount").arg("-l").arg(&mnt).status();
     }
-    assert!(up && status.success(), "the node did not start with new passwords: {status}");
+    assert!(running, "the node did not start with new passwords: {}", String::from_utf8_lossy(&out.stderr));
 }
