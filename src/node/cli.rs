@@ -250,13 +250,41 @@ pub fn run_user(cmd: UserCmd) -> anyhow::Result<ExitCode> {
                 }
                 (None, None) => bail!("give --config FILE or --socket PATH"),
             };
-            match super::admin::unlock(&socket, &name)? {
+            match admin_unlock(&socket, &name)? {
                 0 => eprintln!("{name} was not locked out"),
                 n => eprintln!("unlocked {name} ({n} lockout{} lifted)", if n == 1 { "" } else { "s" }),
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks a running node, through its admin socket, to lift user `name`'s
+/// lockouts; returns how many were lifted. The protocol (one request
+/// line, one reply line) is described in `admin.rs`, the server side.
+fn admin_unlock(socket: &Path, name: &str) -> anyhow::Result<usize> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let mut s = UnixStream::connect(socket).with_context(|| {
+        format!("cannot reach the node's admin socket {} (is the node running with this node.toml?)", socket.display())
+    })?;
+    let timeout = Some(std::time::Duration::from_secs(10));
+    s.set_read_timeout(timeout)?;
+    s.set_write_timeout(timeout)?;
+    s.write_all(format!("unlock {name}\n").as_bytes())
+        .with_context(|| format!("writing to {}", socket.display()))?;
+    let mut reply = String::new();
+    std::io::BufReader::new(s.take(4096))
+        .read_line(&mut reply)
+        .with_context(|| format!("reading the answer from {}", socket.display()))?;
+    let reply = reply.trim_end();
+    if let Some(n) = reply.strip_prefix("ok ").and_then(|n| n.parse().ok()) {
+        Ok(n)
+    } else if let Some(msg) = reply.strip_prefix("error ") {
+        bail!("the node refused: {msg}")
+    } else {
+        bail!("the node sent an unexpected answer {reply:?} on {}", socket.display())
+    }
 }
 
 fn print_users(table: &Users, path: &Path) -> anyhow::Result<()> {
