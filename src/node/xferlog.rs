@@ -33,6 +33,17 @@ pub enum Destination {
     Off,
 }
 
+/// As node.toml's `[log] transfers` names it (for messages).
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Stderr => f.write_str("standard error"),
+            Destination::File(p) => write!(f, "{}", p.display()),
+            Destination::Off => f.write_str("off"),
+        }
+    }
+}
+
 /// How each line is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -337,6 +348,12 @@ mod tests {
             serde_json::json!({"time":"2026-12-01T10:00:00.123Z","client":"10.0.0.7","user":"alice",
                 "command":"STOR","result":"ok","path":"/in/a b.txt","bytes":42,"ms":7,"seq":19})
         );
+    }
+
+    #[test]
+    fn destinations_display_as_configured() {
+        assert_eq!(Destination::File("/var/log/drift/xfer.log".into()).to_string(), "/var/log/drift/xfer.log");
+        assert_eq!(Destination::Stderr.to_string(), "standard error");
     }
 
     #[test]
