@@ -47,29 +47,35 @@ pub struct Observed {
 }
 
 impl Known {
-    /// Whether this entry provably describes the file as `now` observes it.
+    /// Whether this entry describes the file as `now` observes it.
     ///
-    /// File timestamps come from a clock that may lag the journal's by up
-    /// to `slack` (the kernel's coarse clock tick, or the backing
-    /// filesystem's timestamp granularity), so a change made after time
-    /// `T` carries a timestamp above `T - slack`. Hence:
+    /// File timestamps come from the kernel's clock, which may lag the
+    /// journal's by up to `slack` (the coarse clock tick, or the backing
+    /// filesystem's timestamp granularity). Hence:
     /// - the size must agree;
-    /// - `ctime + slack <= touched`: nothing changed the inode after the
-    ///   last change the journal knows of;
-    /// - the mtime must be explained: either exactly what a later `attr`
-    ///   set, or `mtime + slack <= written` (no data was written after
-    ///   the content was journaled, even by a writer whose own entry is
-    ///   still to come).
+    /// - the mtime must be explained, since every data write sets it:
+    ///   either exactly what a later `attr` set, or `mtime + slack <=
+    ///   written` (no data was written after the content was journaled,
+    ///   even by a writer whose own entry is still to come; a file
+    ///   written within `slack` of its entry is not trusted);
+    /// - `ctime <= touched`: no change the journal does not know of (a
+    ///   chown, a copy into the backing directory that restored the
+    ///   mtime) happened after the last entry that touched the file. This
+    ///   bound has no slack, because the rename or attribute change that
+    ///   set `touched` moved the ctime itself just before its entry; a
+    ///   change of that kind within one clock tick after the entry can go
+    ///   unseen (docs/node.md, "HASH").
     ///
-    /// A file changed within `slack` of its journal entry is not trusted
-    /// (the caller reads it instead).
+    /// Not covered: a writer that keeps the file open across its `write`
+    /// entry, writes more, then sets the mtime back explicitly; its own
+    /// `write` entry, at its close, corrects the journal.
     pub fn describes(&self, now: &Observed, slack: Duration) -> bool {
         if self.blake3.is_none() || now.size != self.size {
             return false;
         }
         let touched: SystemTime = self.touched.into();
         let written: SystemTime = self.written.into();
-        if now.ctime + slack > touched {
+        if now.ctime > touched {
             return false;
         }
         match self.mtime_set {
@@ -262,10 +268,15 @@ mod tests {
         let ok = Observed { size: 10, mtime: before, ctime: before };
         assert!(k.describes(&ok, slack));
         assert!(!k.describes(&Observed { size: 11, ..ok }, slack));
-        // Changed after (or too close to) the entry.
+        // Data written after (or too close to) the entry.
         let late = SystemTime::from(t) - Duration::from_millis(2);
-        assert!(!k.describes(&Observed { ctime: late, ..ok }, slack));
-        assert!(!k.describes(&Observed { mtime: late, ..ok }, slack));
+        assert!(!k.describes(&Observed { mtime: late, ctime: late, ..ok }, slack));
+        let after = SystemTime::from(t) + Duration::from_millis(1);
+        assert!(!k.describes(&Observed { mtime: after, ctime: after, ..ok }, slack));
+        // An inode change after the last entry (mtime restored).
+        assert!(!k.describes(&Observed { ctime: after, ..ok }, slack));
+        // The entry's own rename or attribute change moved the ctime.
+        assert!(k.describes(&Observed { ctime: SystemTime::from(t), ..ok }, slack));
         // A set mtime must be exactly the one the journal recorded.
         let set = OffsetDateTime::from_unix_timestamp(1_000).unwrap();
         let k2 = Known { mtime_set: Some(set), ..k.clone() };

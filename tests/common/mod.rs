@@ -2,6 +2,7 @@
 //! mount for real, read the journal through the CLI.
 #![allow(dead_code)]
 
+pub mod cmd_node;
 pub mod node;
 
 use std::path::{Path, PathBuf};
