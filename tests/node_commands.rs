@@ -377,6 +377,12 @@ fn transfer_log_storage_lines_are_exact() {
         .and_then(|e| e["seq"].as_u64())
         .unwrap();
     assert_eq!(f.retr("up.txt"), (226, b"hello".to_vec()));
+    let mut data = f.epsv();
+    assert_eq!(f.cmd("APPE up.txt").0, 150);
+    std::io::Write::write_all(&mut data, b"!").unwrap();
+    drop(data);
+    assert_eq!(f.reply().0, 226);
+    let seq2 = node.last_seq();
     assert_eq!(f.cmd("MKD dir").0, 257);
     assert_eq!(f.cmd("RNFR up.txt").0, 350);
     assert_eq!(f.cmd("RNTO dir/moved.txt").0, 250);
@@ -389,6 +395,7 @@ fn transfer_log_storage_lines_are_exact() {
     let want = vec![
         format!("127.0.0.1 alice STOR ok path=/up.txt bytes=5 seq={seq}"),
         "127.0.0.1 alice RETR ok path=/up.txt bytes=5".to_owned(),
+        format!("127.0.0.1 alice APPE ok path=/up.txt bytes=1 seq={seq2}"),
         "127.0.0.1 alice MKD ok path=/dir".to_owned(),
         "127.0.0.1 alice RENAME ok path=/up.txt to=/dir/moved.txt".to_owned(),
         "127.0.0.1 alice DELE ok path=/dir/moved.txt".to_owned(),

@@ -177,6 +177,10 @@ pub struct DriftStorage {
     /// The algorithm of this session's `HASH` (`OPTS HASH`): an index
     /// into [`HashAlgorithm::ALL`].
     hash_algo: std::sync::atomic::AtomicUsize,
+    /// Whether the upload libunftp is about to start is an APPE (set by
+    /// `check_transfer`, read by the upload's log line: `put` itself
+    /// cannot tell STOR from APPE).
+    appending: std::sync::atomic::AtomicBool,
 }
 
 /// Short on purpose: libunftp's tracing spans print the whole session,
@@ -197,6 +201,7 @@ impl DriftStorage {
             peer,
             session: None,
             hash_algo: std::sync::atomic::AtomicUsize::new(0),
+            appending: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -609,6 +614,7 @@ impl StorageBackend<NodeUser> for DriftStorage {
         P: AsRef<Path> + Send + Debug,
     {
         let started = Instant::now();
+        self.appending.store(kind == TransferKind::Append, std::sync::atomic::Ordering::Relaxed);
         let (command, r) = match kind {
             TransferKind::Download { .. } => ("RETR", self.check_download(user, path.as_ref()).await),
             TransferKind::Upload { start } => ("STOR", self.check_upload(user, path.as_ref(), start).await),

@@ -161,9 +161,9 @@ impl DriftStorage {
             Ok((b, s)) => (Some(*b), *s),
             Err(_) => (None, None),
         };
-        // APPE and STOR reach put alike; the session's command is not
-        // known here, so uploads are logged as STOR (docs/node.md).
-        self.record(Some(user), Op { command: "STOR", path, to: None, started }, &r, bytes, seq);
+        let append = self.appending.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let command = if append { "APPE" } else { "STOR" };
+        self.record(Some(user), Op { command, path, to: None, started }, &r, bytes, seq);
         r.map(|(b, _)| b)
     }
 
