@@ -18,9 +18,9 @@ use crate::node::users::Perm;
 use crate::node::zerocopy::{self, stalled};
 
 impl DriftStorage {
-    pub(super) async fn get_into_impl<'a, P, W: ?Sized>(&self, user: &NodeUser, path: P, start_pos: u64, output: &'a mut W) -> Result<u64>
+    pub(super) async fn get_into_impl<P, W>(&self, user: &NodeUser, path: P, start_pos: u64, output: &mut W) -> Result<u64>
     where
-        W: AsyncWrite + Unpin + Sync + Send,
+        W: AsyncWrite + Unpin + Sync + Send + ?Sized,
         P: AsRef<Path> + Send + Debug,
     {
         self.check(user, Perm::Read, path.as_ref())?;
