@@ -703,6 +703,8 @@ mod tests {
         assert_eq!(resolve(Path::new(&long)).unwrap_err().kind(), ErrorKind::FileNameNotAllowedError);
         let ok = format!("/{}", "x".repeat(255));
         assert!(resolve(Path::new(&ok)).is_ok());
+        let not_utf8 = OsStr::from_bytes(b"/hx_\xff\xfe.bin");
+        assert_eq!(resolve(Path::new(not_utf8)).unwrap_err().kind(), ErrorKind::FileNameNotAllowedError);
         let deep = "/abc".repeat(1100);
         assert_eq!(resolve(Path::new(&deep)).unwrap_err().kind(), ErrorKind::FileNameNotAllowedError);
     }
