@@ -75,6 +75,8 @@ fn replies_are_exact() {
     assert_eq!(c, 226);
     let order: Vec<&str> = listing.lines().filter_map(|l| l.split_whitespace().last()).collect();
     assert_eq!(order, ["a.txt", "b.txt", "c.txt", "d"], "{listing}");
+    let (c, t) = f.list("MLSD b.txt");
+    assert_eq!(c, 501, "MLSD of a file: {t}");
     let (c, one) = f.list("NLST b.txt");
     assert_eq!((c, one.lines().collect::<Vec<_>>()), (226, vec!["b.txt"]));
     let (c, one) = f.list("LIST d/../b.txt");

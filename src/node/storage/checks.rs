@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use unftp_core::storage::{Error, ErrorKind, FileHash, HashAlgorithm, Result};
 
 use super::hashing;
-use super::record::{refusal, rest_beyond_end, shown, Op};
+use super::record::{refusal, refused_info, rest_beyond_end, shown, Op};
 use super::{is_home, resolve, DriftStorage};
 use crate::node::auth::NodeUser;
 use crate::node::users::Perm;
@@ -54,8 +54,8 @@ impl DriftStorage {
         let rel = resolve(path)?;
         match self.kind_of(&rel).await? {
             Kind::File(_) => Ok(()),
-            Kind::Dir => Err(refused_info(format!("{}: Is a directory", shown(path)))),
-            Kind::Missing => Err(refused_info(format!("{}: No such file or directory", shown(path)))),
+            Kind::Dir => Err(refused_info(user, format!("{}: Is a directory", shown(path)))),
+            Kind::Missing => Err(refused_info(user, format!("{}: No such file or directory", shown(path)))),
         }
     }
 
@@ -65,16 +65,16 @@ impl DriftStorage {
         self.check(user, Perm::Write, path)?;
         let rel = resolve(path)?;
         if is_home(&rel) {
-            return Err(refused_info(format!("{}: Is a directory", shown(path))));
+            return Err(refused_info(user, format!("{}: Is a directory", shown(path))));
         }
         match self.kind_of(&rel).await? {
-            Kind::Dir => Err(refused_info(format!("{}: Is a directory", shown(path)))),
+            Kind::Dir => Err(refused_info(user, format!("{}: Is a directory", shown(path)))),
             Kind::File(len) if start > len => {
-                tracing::info!(path = %shown(path), offset = start, len, "refused: restart offset beyond the end of the file");
+                tracing::info!(user = %user.name, path = %shown(path), offset = start, len, "refused: restart offset beyond the end of the file");
                 Err(rest_beyond_end())
             }
             Kind::Missing if start > 0 => {
-                tracing::info!(path = %shown(path), offset = start, "refused: restart offset on a missing file");
+                tracing::info!(user = %user.name, path = %shown(path), offset = start, "refused: restart offset on a missing file");
                 Err(rest_beyond_end())
             }
             _ => Ok(()),
@@ -100,7 +100,7 @@ impl DriftStorage {
         .await
         .map_err(|e| Error::new(ErrorKind::LocalError, e.to_string()))?;
         let Some((file, seen)) = opened? else {
-            return Err(refused_info(format!("{}: Is a directory", shown(path))));
+            return Err(refused_info(user, format!("{}: Is a directory", shown(path))));
         };
         if let (HashAlgorithm::Blake3, Some(commit)) = (algo, self.ctx.commit.clone()) {
             let jp = journal_path.clone();
@@ -131,7 +131,7 @@ impl DriftStorage {
             // Only permission bits: setuid/setgid files made by FTP users
             // would run as the node's owner for anyone on the machine.
             if mode & !0o777 != 0 {
-                tracing::info!(path = %shown(path), mode = format!("{mode:o}"), "refused: SITE CHMOD beyond permission bits");
+                tracing::info!(user = %user.name, path = %shown(path), mode = format!("{mode:o}"), "refused: SITE CHMOD beyond permission bits");
                 return Err(refusal(ErrorKind::PermissionDenied, None, "Only permission bits (0 to 777) can be set"));
             }
         }
@@ -150,7 +150,7 @@ impl DriftStorage {
         .map_err(|e| Error::new(ErrorKind::LocalError, e.to_string()))?;
         match done {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(refused_info(format!("{}: No such file or directory", shown(path)))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(refused_info(user, format!("{}: No such file or directory", shown(path)))),
             Err(e) => Err(Error::from(e)),
         }
     }
@@ -175,11 +175,3 @@ impl DriftStorage {
         self.ctx.xferlog.record(&e);
     }
 }
-
-/// A refusal of the ordinary kind (wrong kind of file, missing name):
-/// logged at info, 550 with `text`.
-fn refused_info(text: String) -> Error {
-    tracing::info!("refused: {text}");
-    refusal(ErrorKind::PermanentFileNotAvailable, None, text)
-}
-

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 
 use unftp_core::storage::{Error, ErrorKind, Result, StorageBackend};
 
-use super::record::{refusal, shown};
+use super::record::{refused_info, shown};
 use super::{is_home, on_own_thread, read_full_at, resolve, DriftStorage, PIPELINE_DEPTH};
 use crate::node::auth::NodeUser;
 use crate::node::users::Perm;
@@ -247,7 +247,7 @@ impl DriftStorage {
         match s.fs.del(user, rel.clone()).await {
             Err(e) if self.is_dir(&rel).await => {
                 tracing::debug!(error = %e, "DELE of a directory");
-                Err(refusal(ErrorKind::PermanentFileNotAvailable, None, format!("{}: Is a directory", shown(path.as_ref()))))
+                Err(refused_info(user, format!("{}: Is a directory", shown(path.as_ref()))))
             }
             r => r,
         }
@@ -257,11 +257,11 @@ impl DriftStorage {
         self.check(user, Perm::Mkdir, path.as_ref())?;
         let rel = resolve(path.as_ref())?;
         if is_home(&rel) {
-            return Err(refusal(ErrorKind::PermanentFileNotAvailable, None, format!("{}: File exists", shown(path.as_ref()))));
+            return Err(refused_info(user, format!("{}: File exists", shown(path.as_ref()))));
         }
         match self.session()?.fs.mkd(user, rel).await {
             Err(e) if e.get_io_error().is_some_and(|io| io.kind() == io::ErrorKind::AlreadyExists) => {
-                Err(refusal(ErrorKind::PermanentFileNotAvailable, None, format!("{}: File exists", shown(path.as_ref()))))
+                Err(refused_info(user, format!("{}: File exists", shown(path.as_ref()))))
             }
             r => r,
         }

@@ -15,6 +15,13 @@ pub(super) fn refusal(kind: ErrorKind, code: Option<u16>, text: impl Into<String
     Error::with_reply(kind, code, text)
 }
 
+/// A refusal of the ordinary kind (wrong kind of file, missing name,
+/// existing name): logged once at info, `550` with `text`.
+pub(super) fn refused_info(user: &NodeUser, text: String) -> Error {
+    tracing::info!(user = %user.name, "refused: {text}");
+    refusal(ErrorKind::PermanentFileNotAvailable, None, text)
+}
+
 /// `REST` beyond the end of the file, then `STOR` (hostile input 3).
 pub(super) fn rest_beyond_end() -> Error {
     refusal(ErrorKind::PermanentFileNotAvailable, Some(554), "Restart offset beyond the end of the file")
