@@ -393,6 +393,8 @@ fn transfer_log_storage_lines_are_exact() {
     let (c, _) = f.retr("missing.txt");
     assert_eq!(c, 550);
     assert_eq!(f.cmd("DELE /../etc/passwd").0, 550);
+    let (c, _) = f.cmd_bytes(b"STOR bad\xff");
+    assert_eq!(c, 553);
     let all = ["STOR", "APPE", "RETR", "DELE", "RENAME", "MKD", "RMD", "CHMOD", "MFMT"];
     let want = vec![
         format!("127.0.0.1 alice STOR ok path=/up.txt bytes=5 seq={seq}"),
@@ -404,6 +406,7 @@ fn transfer_log_storage_lines_are_exact() {
         "127.0.0.1 alice RMD ok path=/dir".to_owned(),
         "127.0.0.1 alice RETR refused path=/missing.txt reason=\"/missing.txt: No such file or directory\"".to_owned(),
         "127.0.0.1 alice DELE refused path=/../etc/passwd reason=\"path leaves the home directory\"".to_owned(),
+        "127.0.0.1 alice STOR refused reason=\"file name is not valid UTF-8\"".to_owned(),
     ];
     assert!(
         wait_until(Duration::from_secs(10), || xferlog_lines(&node, &all).len() >= want.len()),

@@ -508,8 +508,17 @@ impl StorageBackend<NodeUser> for DriftStorage {
     where
         Meta: Metadata,
     {
-        self.check(user, Perm::List, path.as_ref())?;
-        let rel = resolve(path.as_ref())?;
+        let started = Instant::now();
+        let allowed = self.check(user, Perm::List, path.as_ref()).and_then(|()| resolve(path.as_ref()));
+        let rel = match allowed {
+            Ok(rel) => rel,
+            Err(e) => {
+                // LIST, NLST, MLSD and STAT all list through here.
+                let r: Result<()> = Err(e);
+                self.record(Some(user), Op { command: "LIST", path: path.as_ref(), to: None, started }, &r, None, None);
+                return Err(r.unwrap_err());
+            }
+        };
         let s = self.session()?;
         let meta = s.fs.metadata(user, rel.clone()).await?;
         if !meta.is_dir() {
@@ -606,7 +615,15 @@ impl StorageBackend<NodeUser> for DriftStorage {
     }
 
     async fn cwd<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
-        self.cwd_impl(user, path).await
+        let started = Instant::now();
+        let r = self.cwd_impl(user, path.as_ref()).await;
+        // Only refusals (a path leaving the home): a CWD is not a change.
+        if let Err(e) = &r {
+            if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::FileNameNotAllowedError) {
+                self.record(Some(user), Op { command: "CWD", path: path.as_ref(), to: None, started }, &r, None, None);
+            }
+        }
+        r
     }
 
     async fn check_transfer<P>(&self, user: &NodeUser, path: P, kind: TransferKind) -> Result<()>
