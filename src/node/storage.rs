@@ -510,15 +510,11 @@ impl StorageBackend<NodeUser> for DriftStorage {
     {
         let started = Instant::now();
         let allowed = self.check(user, Perm::List, path.as_ref()).and_then(|()| resolve(path.as_ref()));
-        let rel = match allowed {
-            Ok(rel) => rel,
-            Err(e) => {
-                // LIST, NLST, MLSD and STAT all list through here.
-                let r: Result<()> = Err(e);
-                self.record(Some(user), Op { command: "LIST", path: path.as_ref(), to: None, started }, &r, None, None);
-                return Err(r.unwrap_err());
-            }
-        };
+        if allowed.is_err() {
+            // LIST, NLST, MLSD and STAT all list through here.
+            self.record(Some(user), Op { command: "LIST", path: path.as_ref(), to: None, started }, &allowed, None, None);
+        }
+        let rel = allowed?;
         let s = self.session()?;
         let meta = s.fs.metadata(user, rel.clone()).await?;
         if !meta.is_dir() {
