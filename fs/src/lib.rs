@@ -12,6 +12,7 @@
 //! - [`mount`]: validating a mount request, mounting, unmounting.
 //! - [`hash`]: BLAKE3 of files, shared by everything below.
 //! - [`hints`]: content hashes an in-process writer offers at close.
+//! - [`lookup`]: what the journal knows of a file's current content.
 //! - [`blobs`]: the content-addressed blob store (`journal pack`).
 //! - [`replay`]: applying a journal onto another directory.
 //! - [`verify`]: comparing a backing tree with what its journal says.
@@ -23,6 +24,7 @@ pub mod digest;
 pub mod hash;
 pub mod hints;
 pub mod journal;
+pub mod lookup;
 pub mod model;
 pub mod mount;
 pub mod replay;
@@ -30,4 +32,5 @@ pub mod verify;
 
 pub use journal::{Change, Entry, Journal, JournalError, Op, Stats, SyncMode};
 pub use hints::ContentHints;
+pub use lookup::{ContentIndex, Known, Observed};
 pub use mount::{FsError, Mount, MountConfig};

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drift_fs::{ContentHints, Journal, Mount, MountConfig, Op, SyncMode};
+use drift_fs::{ContentHints, ContentIndex, Journal, Known, Mount, MountConfig, Op, SyncMode};
 
 use super::config::{NodeConfig, StorageMode};
 use super::storage::CommitLog;
@@ -16,11 +16,18 @@ use super::storage::CommitLog;
 pub struct JournalCommits {
     journal: Arc<Journal>,
     hints: Arc<ContentHints>,
+    /// Files' latest writes, for `HASH BLAKE3` without reading.
+    content: ContentIndex,
 }
 
 impl JournalCommits {
     pub fn new(mount: &Mount) -> Self {
-        JournalCommits { journal: mount.journal(), hints: mount.content_hints() }
+        let journal = mount.journal();
+        JournalCommits {
+            content: ContentIndex::new(journal.clone()),
+            journal,
+            hints: mount.content_hints(),
+        }
     }
 }
 
@@ -29,11 +36,15 @@ impl CommitLog for JournalCommits {
         self.journal.last_seq()
     }
 
-    fn wait_written(&self, after: u64, path: &str, timeout: Duration) -> io::Result<bool> {
+    fn wait_written(&self, after: u64, path: &str, timeout: Duration) -> io::Result<Option<u64>> {
         self.journal
             .wait_for(after, timeout, |e| e.op == Op::Write && e.path == path)
-            .map(|e| e.is_some())
+            .map(|e| e.map(|e| e.seq))
             .map_err(io::Error::other)
+    }
+
+    fn known_content(&self, path: &str) -> io::Result<Option<Known>> {
+        self.content.lookup(path).map_err(io::Error::other)
     }
 
     fn offer(&self, path: &str, ino: u64, size: u64, hash: blake3::Hash) {

@@ -23,8 +23,25 @@
 //! - **Stalled transfers** fail after the idle timeout (libunftp suspends
 //!   its idle timer during a transfer and has no other limit).
 //!
+//! - **Replies**: refusals carry the exact text the client sees
+//!   ([`unftp_core::storage::ClientReply`]): `550 /a: File exists`,
+//!   `550 /d: Is a directory`, `554 Restart offset beyond the end of the
+//!   file`; transfers are checked before libunftp answers 150.
+//! - **HASH, MFMT, SITE CHMOD** ([`hashing`]): BLAKE3 from the journal
+//!   when it provably describes the file, else read on a bounded pool.
+//! - **The transfer log**: every upload, download, delete, rename, mkdir,
+//!   rmdir, chmod, mfmt and refusal is recorded ([`super::xferlog`]).
+//!
 //! Listing, metadata, mkdir, rmdir, delete and rename are delegated to
-//! unftp-sbe-fs after the checks.
+//! unftp-sbe-fs after the checks (listings sorted by name; a listing of
+//! a file lists that file).
+
+mod checks;
+mod hashing;
+mod ops;
+mod record;
+
+use checks::Attr;
 
 use std::ffi::OsStr;
 use std::fmt::Debug;
@@ -33,13 +50,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use unftp_core::storage::{Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend, FEATURE_RESTART};
+use tokio::io::{AsyncRead, AsyncWrite};
+use unftp_core::storage::{
+    Error, ErrorKind, FileHash, Fileinfo, HashAlgorithm, Metadata, Result, StorageBackend, TransferKind, FEATURE_RESTART,
+};
 use unftp_sbe_fs::{Filesystem, Meta};
 
 use super::auth::NodeUser;
@@ -47,7 +65,8 @@ use super::limits::{Sessions, UserSlot};
 use super::state::StateHandle;
 use super::users::Perm;
 use super::xferlog::TransferLog;
-use super::zerocopy::{self, stalled};
+use super::zerocopy;
+use record::{rest_beyond_end, Op};
 
 /// Longest accepted path (bytes) and path component, as Linux.
 pub const MAX_PATH: usize = 4095;
@@ -63,8 +82,11 @@ pub trait CommitLog: Send + Sync + Debug {
     fn mark(&self) -> u64;
     /// Blocks until a `write` entry for `path` (relative to the mount root,
     /// starting with `/`) is appended after `after`, or `timeout` passes.
-    /// Returns whether it appeared.
-    fn wait_written(&self, after: u64, path: &str, timeout: Duration) -> io::Result<bool>;
+    /// Returns the entry's seq if it appeared.
+    fn wait_written(&self, after: u64, path: &str, timeout: Duration) -> io::Result<Option<u64>>;
+    /// What the journal knows of the content of the file now at `path`
+    /// (its latest `write`, following renames), for `HASH BLAKE3`.
+    fn known_content(&self, path: &str) -> io::Result<Option<drift_fs::Known>>;
     /// Offers the BLAKE3 of an upload the node hashed while writing it, so
     /// the filesystem need not read the file back before journaling it.
     /// Called just before the file is closed; the filesystem checks the
@@ -152,6 +174,13 @@ pub struct DriftStorage {
     /// The client's address, for the transfer log.
     peer: std::net::SocketAddr,
     session: Option<Session>,
+    /// The algorithm of this session's `HASH` (`OPTS HASH`): an index
+    /// into [`HashAlgorithm::ALL`].
+    hash_algo: std::sync::atomic::AtomicUsize,
+    /// Whether the upload libunftp is about to start is an APPE (set by
+    /// `check_transfer`, read by the upload's log line: `put` itself
+    /// cannot tell STOR from APPE).
+    appending: std::sync::atomic::AtomicBool,
 }
 
 /// Short on purpose: libunftp's tracing spans print the whole session,
@@ -167,7 +196,13 @@ impl Debug for DriftStorage {
 
 impl DriftStorage {
     pub fn new(ctx: Arc<StorageContext>, peer: std::net::SocketAddr) -> Self {
-        DriftStorage { ctx, peer, session: None }
+        DriftStorage {
+            ctx,
+            peer,
+            session: None,
+            hash_algo: std::sync::atomic::AtomicUsize::new(0),
+            appending: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn session(&self) -> Result<&Session> {
@@ -242,12 +277,19 @@ impl DriftStorage {
             oo.read(true).write(true).create(true).truncate(start_pos == 0);
             let f = home.open_with(&rel, &oo)?.into_std();
             if start_pos > 0 {
+                // REST beyond the end would make a sparse file of any
+                // size (which drift-fs would then hash and journal);
+                // check_transfer refused it before the 150, this catches
+                // a file that shrank since.
+                if f.metadata()?.len() < start_pos {
+                    return Ok(Err(rest_beyond_end()));
+                }
                 // REST: keep exactly the first start_pos bytes.
                 f.set_len(start_pos)?;
             }
-            Ok(f)
+            Ok(Ok(f))
         })
-        .await?;
+        .await??;
         Ok((file, upload))
     }
 
@@ -281,7 +323,7 @@ impl DriftStorage {
     /// After the upload's file is closed: waits (bounded) until its
     /// `write` entry is in the journal, so the 226 that follows is only
     /// sent for journaled data (architecture guarantee 2).
-    async fn finish_upload(&self, upload: Upload, total: u64) -> Result<u64> {
+    async fn finish_upload(&self, upload: Upload, total: u64) -> Result<(u64, Option<u64>)> {
         let Upload {
             journal_path,
             mark,
@@ -294,10 +336,11 @@ impl DriftStorage {
             let waited = std::time::Instant::now();
             let seen = tokio::task::spawn_blocking(move || commit.wait_written(mark, &jp, timeout)).await;
             match seen {
-                Ok(Ok(true)) => {
-                    tracing::debug!(path = %journal_path, bytes = total, wait_ms = waited.elapsed().as_millis() as u64, "upload journaled");
+                Ok(Ok(Some(seq))) => {
+                    tracing::debug!(path = %journal_path, bytes = total, seq, wait_ms = waited.elapsed().as_millis() as u64, "upload journaled");
+                    return Ok((total, Some(seq)));
                 }
-                Ok(Ok(false)) => {
+                Ok(Ok(None)) => {
                     tracing::error!(path = %journal_path, secs = timeout.as_secs(), "upload not journaled in time; not acknowledging it");
                     return Err(Error::new(ErrorKind::LocalError, "upload was not journaled in time"));
                 }
@@ -308,7 +351,7 @@ impl DriftStorage {
                 Err(e) => return Err(Error::new(ErrorKind::LocalError, e.to_string())),
             }
         }
-        Ok(total)
+        Ok((total, None))
     }
 
     fn stall_limit(&self) -> Duration {
@@ -319,14 +362,31 @@ impl DriftStorage {
 /// Normalises an FTP path (already joined with the session's cwd by
 /// libunftp) into a path relative to the home: `.` for the home itself.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
+    normalise(path).map_err(|(kind, why)| {
+        let len = path.as_os_str().len();
+        if len <= 512 {
+            tracing::warn!(path = %path.display(), "refused: {why}");
+        } else {
+            tracing::warn!(len, "refused: {why}");
+        }
+        Error::new(kind, why)
+    })
+}
+
+/// [`resolve`] without logging: the path relative to the home, or why it
+/// is refused.
+fn normalise(path: &Path) -> std::result::Result<PathBuf, (ErrorKind, &'static str)> {
     let bytes = path.as_os_str().as_bytes();
     if bytes.contains(&0) {
-        tracing::warn!(path = %path.display(), "refused: NUL byte in path");
-        return Err(Error::new(ErrorKind::FileNameNotAllowedError, "NUL byte in path"));
+        return Err((ErrorKind::FileNameNotAllowedError, "NUL byte in path"));
     }
     if bytes.len() > MAX_PATH {
-        tracing::warn!(len = bytes.len(), "refused: path too long");
-        return Err(Error::new(ErrorKind::FileNameNotAllowedError, "path too long"));
+        return Err((ErrorKind::FileNameNotAllowedError, "path too long"));
+    }
+    // Names are UTF-8 on the wire (FEAT UTF8); a name that is not could
+    // only reach the disk mangled, possibly onto another file's name.
+    if std::str::from_utf8(bytes).is_err() {
+        return Err((ErrorKind::FileNameNotAllowedError, "file name is not valid UTF-8"));
     }
     let mut parts: Vec<&OsStr> = Vec::new();
     for c in path.components() {
@@ -334,14 +394,12 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
             Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
             Component::ParentDir => {
                 if parts.pop().is_none() {
-                    tracing::warn!(path = %path.display(), "refused: path leaves the home directory");
-                    return Err(Error::new(ErrorKind::PermissionDenied, "path leaves the home directory"));
+                    return Err((ErrorKind::PermissionDenied, "path leaves the home directory"));
                 }
             }
             Component::Normal(name) => {
                 if name.len() > MAX_NAME {
-                    tracing::warn!(len = name.len(), "refused: file name too long");
-                    return Err(Error::new(ErrorKind::FileNameNotAllowedError, "file name too long"));
+                    return Err((ErrorKind::FileNameNotAllowedError, "file name too long"));
                 }
                 parts.push(name);
             }
@@ -415,7 +473,8 @@ impl StorageBackend<NodeUser> for DriftStorage {
         let max = state.service.max_sessions_per_user;
         let slot = self.ctx.sessions.try_login(&user.name, max).ok_or_else(|| {
             tracing::warn!(user = %user.name, max, "login refused: user has too many sessions");
-            io::Error::other(format!("user {} already has {max} sessions", user.name))
+            // The Display is the client's 421 text (libunftp's PASS).
+            io::Error::other(format!("too many sessions for {} ({max} allowed)", user.name))
         })?;
         let mut fs = Filesystem::new(&self.ctx.served_root)?;
         StorageBackend::<NodeUser>::enter(&mut fs, user)?;
@@ -449,9 +508,24 @@ impl StorageBackend<NodeUser> for DriftStorage {
     where
         Meta: Metadata,
     {
-        self.check(user, Perm::List, path.as_ref())?;
-        let rel = resolve(path.as_ref())?;
-        self.session()?.fs.list(user, rel).await
+        let started = Instant::now();
+        let allowed = self.check(user, Perm::List, path.as_ref()).and_then(|()| resolve(path.as_ref()));
+        if allowed.is_err() {
+            // LIST, NLST, MLSD and STAT all list through here.
+            self.record(Some(user), Op { command: "LIST", path: path.as_ref(), to: None, started }, &allowed, None, None);
+        }
+        let rel = allowed?;
+        let s = self.session()?;
+        let meta = s.fs.metadata(user, rel.clone()).await?;
+        if !meta.is_dir() {
+            // LIST and NLST of a file list that file (RFC 959), by name.
+            let name = rel.file_name().map(PathBuf::from).unwrap_or_else(|| rel.clone());
+            return Ok(vec![Fileinfo { path: name, metadata: meta }]);
+        }
+        let mut entries = s.fs.list(user, rel).await?;
+        // Sorted by name, as ls and other servers list.
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        Ok(entries)
     }
 
     async fn get<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P, start_pos: u64) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
@@ -470,265 +544,153 @@ impl StorageBackend<NodeUser> for DriftStorage {
         W: AsyncWrite + Unpin + Sync + Send,
         P: AsRef<Path> + Send + Debug,
     {
-        self.check(user, Perm::Read, path.as_ref())?;
-        let rel = resolve(path.as_ref())?;
-        let (file, len) = self.open_read(rel).await?;
-        let chunk = self.ctx.io_chunk;
-        let limit = self.stall_limit();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(PIPELINE_DEPTH);
-        let (pool_tx, mut pool_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH + 2);
-        // Serve the file as it was when opened: the loop ends at `len`
-        // even if someone keeps appending.
-        let reader = tokio::task::spawn_blocking(move || {
-            let mut pos = start_pos;
-            while pos < len {
-                let want = chunk.min((len - pos) as usize);
-                let mut buf = pool_rx.try_recv().unwrap_or_default();
-                buf.resize(want, 0);
-                let msg = read_full_at(&file, &mut buf, pos).map(|n| {
-                    buf.truncate(n);
-                    buf
-                });
-                let done = match &msg {
-                    Ok(b) => b.is_empty(),
-                    Err(_) => true,
-                };
-                if let Ok(b) = &msg {
-                    pos += b.len() as u64;
-                }
-                // A closed receiver means the client went away.
-                if tx.blocking_send(msg).is_err() || done {
-                    return;
-                }
-            }
-        });
-        let mut total = 0u64;
-        let result: io::Result<()> = async {
-            while let Some(block) = rx.recv().await {
-                let block = block?;
-                if block.is_empty() {
-                    break;
-                }
-                tokio::time::timeout(limit, output.write_all(&block))
-                    .await
-                    .map_err(|_| stalled("download", limit))??;
-                total += block.len() as u64;
-                let _ = pool_tx.try_send(block);
-            }
-            tokio::time::timeout(limit, output.flush())
-                .await
-                .map_err(|_| stalled("download", limit))??;
-            Ok(())
-        }
-        .await;
-        drop(rx);
-        let _ = reader.await;
-        result?;
-        Ok(total)
-    }
-
-    async fn put<P: AsRef<Path> + Send + Debug, R: AsyncRead + Send + Sync + Unpin + 'static>(
-        &self,
-        user: &NodeUser,
-        mut input: R,
-        path: P,
-        start_pos: u64,
-    ) -> Result<u64> {
-        let (file, upload) = self.open_upload(user, path.as_ref(), start_pos).await?;
-        let fsync = self.ctx.fsync_uploads;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH);
-        // Written blocks come back for reuse: no allocation or zeroing of
-        // a fresh block per chunk.
-        let (pool_tx, mut pool_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH + 2);
-        let offer = self.start_offer(&file, &upload, start_pos);
-        let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let mut pos = start_pos;
-            let mut written = Ok(());
-            while let Some(block) = rx.blocking_recv() {
-                if let Err(e) = file.write_all_at(&block, pos) {
-                    written = Err(e);
-                    break;
-                }
-                pos += block.len() as u64;
-                if let Some(o) = &offer {
-                    o.advance(pos);
-                }
-                let _ = pool_tx.try_send(block);
-            }
-            if let Some(o) = offer {
-                o.complete(written.is_ok(), pos);
-            }
-            written?;
-            if fsync {
-                let t = std::time::Instant::now();
-                file.sync_all()?;
-                tracing::debug!(fsync_ms = t.elapsed().as_millis() as u64, "upload fsynced");
-            }
-            // close(2) here, before the journal wait below starts.
-            drop(file);
-            Ok(())
-        });
-
-        let chunk = self.ctx.io_chunk;
-        let limit = self.stall_limit();
-        let mut total = 0u64;
-        let read_result: io::Result<()> = async {
-            let mut eof = false;
-            while !eof {
-                let mut buf = pool_rx.try_recv().unwrap_or_default();
-                buf.resize(chunk, 0);
-                let mut filled = 0;
-                let mut failed = None;
-                while filled < chunk {
-                    let read = tokio::time::timeout(limit, input.read(&mut buf[filled..]))
-                        .await
-                        .map_err(|_| stalled("upload", limit))
-                        .and_then(|r| r);
-                    match read {
-                        Ok(0) => {
-                            eof = true;
-                            break;
-                        }
-                        Ok(n) => filled += n,
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if let Some(e) = failed {
-                    // Keep what did arrive, so a resumed upload (SIZE, then
-                    // REST or APPE) continues from every byte received.
-                    buf.truncate(filled);
-                    if filled > 0 && tx.send(buf).await.is_ok() {
-                        total += filled as u64;
-                    }
-                    return Err(e);
-                }
-                if filled == 0 {
-                    break;
-                }
-                buf.truncate(filled);
-                total += filled as u64;
-                if tx.send(buf).await.is_err() {
-                    // The writer stopped; its error is reported below.
-                    break;
-                }
-            }
-            Ok(())
-        }
-        .await;
-        drop(tx);
-        match writer.await {
-            Ok(r) => r?,
-            Err(e) => return Err(Error::new(ErrorKind::LocalError, e.to_string())),
-        }
-        read_result?;
-        self.finish_upload(upload, total).await
-    }
-
-    async fn put_from_tcp<P>(&self, user: &NodeUser, socket: tokio::net::TcpStream, path: P, start_pos: u64) -> Result<u64>
-    where
-        P: AsRef<Path> + Send + Debug,
-    {
-        let (file, upload) = self.open_upload(user, path.as_ref(), start_pos).await?;
-        let socket = socket.into_std()?;
-        let (fsync, limit, transfers) = (self.ctx.fsync_uploads, self.stall_limit(), self.ctx.transfers.clone());
-        let offer = self.start_offer(&file, &upload, start_pos);
-        let transfer = move || {
-            let mut got = zerocopy::receive_into(socket.as_fd(), &file, start_pos, limit, transfers.stopping(), &mut |end| {
-                if let Some(o) = &offer {
-                    o.advance(end);
-                }
-            });
-            if let Some(o) = offer {
-                o.complete(got.result.is_ok(), got.bytes);
-            }
-            if got.result.is_ok() && fsync {
-                got.result = file.sync_all();
-            }
-            // close(2) here, before the journal wait starts.
-            drop(file);
-            Ok(got)
-        };
-        let received = on_own_thread(&self.ctx.transfers, transfer).await?;
-        // Bytes that arrived before a failure stay in the file, so a
-        // resumed upload (SIZE, then REST or APPE) continues from them.
-        received.result?;
-        self.finish_upload(upload, received.bytes).await
+        let started = Instant::now();
+        let r = self.get_into_impl(user, path.as_ref(), start_pos, output).await;
+        self.record(Some(user), Op { command: "RETR", path: path.as_ref(), to: None, started }, &r, r.as_ref().ok().copied(), None);
+        r
     }
 
     async fn get_into_tcp<P>(&self, user: &NodeUser, path: P, start_pos: u64, socket: &mut tokio::net::TcpStream) -> Result<u64>
     where
         P: AsRef<Path> + Send + Debug,
     {
-        self.check(user, Perm::Read, path.as_ref())?;
-        let rel = resolve(path.as_ref())?;
-        let (file, len) = self.open_read(rel).await?;
-        if start_pos >= len {
-            return Ok(0);
-        }
-        // The blocking thread gets its own descriptor of the connection,
-        // so an abandoned transfer can never write to a reused number.
-        let sock = socket.as_fd().try_clone_to_owned()?;
-        let (limit, transfers) = (self.stall_limit(), self.ctx.transfers.clone());
-        // Serve the file as it was when opened: stop at `len` even if
-        // someone keeps appending.
-        let sent = on_own_thread(&self.ctx.transfers, move || {
-            zerocopy::send_file(sock.as_fd(), &file, start_pos, len, limit, transfers.stopping())
-        })
-        .await?;
-        match sent {
-            zerocopy::Sent::Done(n) => Ok(n),
-            zerocopy::Sent::Unsupported => {
-                tracing::debug!("sendfile unsupported for this file; copying through the node");
-                self.get_into(user, path, start_pos, socket).await
-            }
-        }
+        let started = Instant::now();
+        let r = self.get_into_tcp_impl(user, path.as_ref(), start_pos, socket).await;
+        self.record(Some(user), Op { command: "RETR", path: path.as_ref(), to: None, started }, &r, r.as_ref().ok().copied(), None);
+        r
+    }
+
+    async fn put<P: AsRef<Path> + Send + Debug, R: AsyncRead + Send + Sync + Unpin + 'static>(
+        &self,
+        user: &NodeUser,
+        input: R,
+        path: P,
+        start_pos: u64,
+    ) -> Result<u64> {
+        let started = Instant::now();
+        let r = self.put_impl(user, input, path.as_ref(), start_pos).await;
+        self.record_upload(user, path.as_ref(), started, r)
+    }
+
+    async fn put_from_tcp<P>(&self, user: &NodeUser, socket: tokio::net::TcpStream, path: P, start_pos: u64) -> Result<u64>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        let started = Instant::now();
+        let r = self.put_from_tcp_impl(user, socket, path.as_ref(), start_pos).await;
+        self.record_upload(user, path.as_ref(), started, r)
     }
 
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
-        self.check(user, Perm::Delete, path.as_ref())?;
-        let rel = resolve(path.as_ref())?;
-        self.session()?.fs.del(user, rel).await
+        let started = Instant::now();
+        let r = self.del_impl(user, path.as_ref()).await;
+        self.record(Some(user), Op { command: "DELE", path: path.as_ref(), to: None, started }, &r, None, None);
+        r
     }
 
     async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
-        self.check(user, Perm::Mkdir, path.as_ref())?;
-        let rel = resolve(path.as_ref())?;
-        if is_home(&rel) {
-            return Err(Error::from(ErrorKind::PermanentFileNotAvailable));
-        }
-        self.session()?.fs.mkd(user, rel).await
+        let started = Instant::now();
+        let r = self.mkd_impl(user, path.as_ref()).await;
+        self.record(Some(user), Op { command: "MKD", path: path.as_ref(), to: None, started }, &r, None, None);
+        r
     }
 
     async fn rename<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, from: P, to: P) -> Result<()> {
-        self.check(user, Perm::Rename, from.as_ref())?;
-        let from = resolve(from.as_ref())?;
-        let to = resolve(to.as_ref())?;
-        if is_home(&from) || is_home(&to) {
-            return Err(Error::new(ErrorKind::PermissionDenied, "cannot rename the home directory"));
-        }
-        let s = self.session()?;
-        // Renaming onto an existing name destroys it: that is a deletion.
-        if s.fs.metadata(user, to.clone()).await.is_ok() {
-            self.check(user, Perm::Delete, &to)?;
-        }
-        s.fs.rename(user, from, to).await
+        let started = Instant::now();
+        let r = self.rename_impl(user, from.as_ref(), to.as_ref()).await;
+        let op = Op { command: "RENAME", path: from.as_ref(), to: Some(to.as_ref()), started };
+        self.record(Some(user), op, &r, None, None);
+        r
     }
 
     async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
-        self.check(user, Perm::Delete, path.as_ref())?;
-        let rel = resolve(path.as_ref())?;
-        if is_home(&rel) {
-            return Err(Error::new(ErrorKind::PermissionDenied, "cannot remove the home directory"));
-        }
-        self.session()?.fs.rmd(user, rel).await
+        let started = Instant::now();
+        let r = self.rmd_impl(user, path.as_ref()).await;
+        self.record(Some(user), Op { command: "RMD", path: path.as_ref(), to: None, started }, &r, None, None);
+        r
     }
 
     async fn cwd<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
-        let rel = resolve(path.as_ref())?;
-        self.session()?.fs.cwd(user, rel).await
+        let started = Instant::now();
+        let r = self.cwd_impl(user, path.as_ref()).await;
+        // Only refusals (a path leaving the home): a CWD is not a change.
+        if let Err(e) = &r {
+            if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::FileNameNotAllowedError) {
+                self.record(Some(user), Op { command: "CWD", path: path.as_ref(), to: None, started }, &r, None, None);
+            }
+        }
+        r
+    }
+
+    async fn check_transfer<P>(&self, user: &NodeUser, path: P, kind: TransferKind) -> Result<()>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        let started = Instant::now();
+        self.appending.store(kind == TransferKind::Append, std::sync::atomic::Ordering::Relaxed);
+        let (command, r) = match kind {
+            TransferKind::Download { .. } => ("RETR", self.check_download(user, path.as_ref()).await),
+            TransferKind::Upload { start } => ("STOR", self.check_upload(user, path.as_ref(), start).await),
+            TransferKind::Append => ("APPE", self.check_upload(user, path.as_ref(), 0).await),
+        };
+        // Only a refusal is a line of its own: an allowed transfer is
+        // logged when it ends.
+        if r.is_err() {
+            self.record(Some(user), Op { command, path: path.as_ref(), to: None, started }, &r, None, None);
+        }
+        r
+    }
+
+    async fn hash<P>(&self, user: &NodeUser, path: P, algo: HashAlgorithm) -> Result<FileHash>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        let started = Instant::now();
+        let r = self.hash_impl(user, path.as_ref(), algo).await;
+        // Hashes are not transfers; only their refusals are logged.
+        if r.is_err() {
+            self.record(Some(user), Op { command: "HASH", path: path.as_ref(), to: None, started }, &r, None, None);
+        }
+        r
+    }
+
+    fn hash_algorithm(&self) -> HashAlgorithm {
+        HashAlgorithm::ALL[self.hash_algo.load(std::sync::atomic::Ordering::Relaxed) % HashAlgorithm::ALL.len()]
+    }
+
+    fn select_hash_algorithm(&self, algo: HashAlgorithm) -> bool {
+        match HashAlgorithm::ALL.iter().position(|a| *a == algo) {
+            Some(i) => {
+                self.hash_algo.store(i, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn set_modified<P>(&self, user: &NodeUser, path: P, mtime: std::time::SystemTime) -> Result<()>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        let started = Instant::now();
+        let r = self.set_attr(user, path.as_ref(), Attr::Modified(mtime)).await;
+        self.record(Some(user), Op { command: "MFMT", path: path.as_ref(), to: None, started }, &r, None, None);
+        r
+    }
+
+    async fn chmod<P>(&self, user: &NodeUser, path: P, mode: u32) -> Result<()>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        let started = Instant::now();
+        let r = self.set_attr(user, path.as_ref(), Attr::Mode(mode)).await;
+        self.record(Some(user), Op { command: "CHMOD", path: path.as_ref(), to: None, started }, &r, None, None);
+        r
+    }
+
+    fn refused(&self, user: Option<&NodeUser>, command: &str, path: Option<&str>, reason: &str) {
+        tracing::info!(user = user.map(|u| u.name.as_str()).unwrap_or("-"), command, "refused: {reason}");
+        self.record_refusal(user, command, path, reason);
     }
 }
 
@@ -754,6 +716,8 @@ mod tests {
         assert_eq!(resolve(Path::new(&long)).unwrap_err().kind(), ErrorKind::FileNameNotAllowedError);
         let ok = format!("/{}", "x".repeat(255));
         assert!(resolve(Path::new(&ok)).is_ok());
+        let not_utf8 = OsStr::from_bytes(b"/hx_\xff\xfe.bin");
+        assert_eq!(resolve(Path::new(not_utf8)).unwrap_err().kind(), ErrorKind::FileNameNotAllowedError);
         let deep = "/abc".repeat(1100);
         assert_eq!(resolve(Path::new(&deep)).unwrap_err().kind(), ErrorKind::FileNameNotAllowedError);
     }

@@ -163,5 +163,8 @@
 mod error;
 pub use error::{Error, ErrorKind};
 
+mod drift_ext;
+pub use drift_ext::{ClientReply, FileHash, HashAlgorithm, TransferKind};
+
 mod storage_backend;
 pub use storage_backend::{FEATURE_RESTART, FEATURE_SITEMD5, Fileinfo, Metadata, Permissions, Result, StorageBackend};

@@ -1,5 +1,6 @@
 //! Defines the service provider interface for storage back-end implementors.
 
+use super::drift_ext::{FileHash, HashAlgorithm, TransferKind};
 use super::error::{Error, ErrorKind};
 use crate::auth::UserDetail;
 use async_trait::async_trait;
@@ -345,6 +346,72 @@ pub trait StorageBackend<User: UserDetail>: Send + Sync + Debug {
     {
         self.put(user, socket, path, start_pos).await
     }
+
+    /// Checks, before the server answers `150`, that a transfer can start:
+    /// so a refusal (a directory, a REST offset beyond the end of the
+    /// file, a missing permission) is a 5xx reply instead of a `150`
+    /// followed by a failure. The transfer itself checks again.
+    ///
+    /// (drift patch: not in upstream unftp-core 0.1.0.)
+    async fn check_transfer<P>(&self, _user: &User, _path: P, _kind: TransferKind) -> Result<()>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        Ok(())
+    }
+
+    /// The `algo` hash of the whole file (`HASH`).
+    ///
+    /// (drift patch: not in upstream unftp-core 0.1.0.)
+    async fn hash<P>(&self, _user: &User, _path: P, _algo: HashAlgorithm) -> Result<FileHash>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        Err(Error::from(ErrorKind::CommandNotImplemented))
+    }
+
+    /// The algorithm `HASH` uses in this session (`OPTS HASH` sets it).
+    /// Kept by the backend because it is per session, as the backend is.
+    ///
+    /// (drift patch: not in upstream unftp-core 0.1.0.)
+    fn hash_algorithm(&self) -> HashAlgorithm {
+        HashAlgorithm::default()
+    }
+
+    /// Selects the algorithm of later `HASH` commands (`OPTS HASH name`).
+    /// Returns false if the backend does not offer it.
+    ///
+    /// (drift patch: not in upstream unftp-core 0.1.0.)
+    fn select_hash_algorithm(&self, _algo: HashAlgorithm) -> bool {
+        false
+    }
+
+    /// Sets a file's modification time (`MFMT`).
+    ///
+    /// (drift patch: not in upstream unftp-core 0.1.0.)
+    async fn set_modified<P>(&self, _user: &User, _path: P, _mtime: SystemTime) -> Result<()>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        Err(Error::from(ErrorKind::CommandNotImplemented))
+    }
+
+    /// Sets a file's or directory's permission bits (`SITE CHMOD`).
+    ///
+    /// (drift patch: not in upstream unftp-core 0.1.0.)
+    async fn chmod<P>(&self, _user: &User, _path: P, _mode: u32) -> Result<()>
+    where
+        P: AsRef<Path> + Send + Debug,
+    {
+        Err(Error::from(ErrorKind::CommandNotImplemented))
+    }
+
+    /// Records a refusal the server decided on its own, before asking the
+    /// backend (e.g. a file name that is not valid UTF-8), so the backend
+    /// can log it with its other refusals. `command` is the FTP verb.
+    ///
+    /// (drift patch: not in upstream unftp-core 0.1.0.)
+    fn refused(&self, _user: Option<&User>, _command: &str, _path: Option<&str>, _reason: &str) {}
 
     /// Deletes the file at the given path.
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &User, path: P) -> Result<()>;

@@ -178,6 +178,9 @@ pub enum ReplyCode {
     ExceededStorageAllocation = 552,
     /// 553 Requested action not taken. File name not allowed.
     BadFileName = 553,
+    /// 554 Requested action not taken: invalid REST parameter (RFC 1123,
+    /// RFC 3659). drift patch.
+    TransactionFailed = 554,
 }
 
 impl Reply {

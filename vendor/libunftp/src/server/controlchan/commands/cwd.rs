@@ -40,7 +40,7 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let mut session = args.session.lock().await;
         let storage: Arc<Storage> = Arc::clone(&session.storage);
@@ -51,8 +51,8 @@ where
 
         match storage.cwd((*session.user).as_ref().unwrap(), path.clone()).await {
             Err(err) => {
-                slog::warn!(logger, "CWD: Failed to change directory {:?}: {} ", path, err);
-                let r = tx_fail.send(ControlChanMsg::StorageError(err)).await;
+                slog::debug!(logger, "CWD: Failed to change directory {:?}: {} ", path, err);
+                let r = tx_fail.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await;
                 if let Err(e) = r {
                     slog::warn!(logger, "CWD: Could not send internal message to notify of CWD error: {}", e);
                 }

@@ -39,7 +39,7 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let session = args.session.lock().await;
         let storage = Arc::clone(&session.storage);
@@ -52,13 +52,13 @@ where
         tokio::spawn(async move {
             match storage.del((*user).as_ref().unwrap(), path).await {
                 Ok(_) => {
-                    slog::info!(logger, "DELE: Successfully removed file {:?}", path_str);
+                    slog::debug!(logger, "DELE: Successfully removed file {:?}", path_str);
                     if let Err(err) = tx_success.send(ControlChanMsg::DelFileSuccess { path: path_str }).await {
                         slog::warn!(logger, "DELE: Could not send internal message to notify of DELE success: {}", err);
                     }
                 }
                 Err(err) => {
-                    if let Err(err) = tx_fail.send(ControlChanMsg::StorageError(err)).await {
+                    if let Err(err) = tx_fail.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await {
                         slog::warn!(logger, "DELE: Could not send internal message to notify of DELE error: {}", err);
                     }
                 }

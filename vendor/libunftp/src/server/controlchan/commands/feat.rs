@@ -24,9 +24,22 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let mut feat_text = vec![" SIZE", " MDTM", " UTF8", " EPSV", " MLST", " MLSD"];
+        // drift patch: MFMT, HASH (the selected algorithm starred, as
+        // draft-bryan-ftpext-hash says) and SITE CHMOD.
+        let hash_line = {
+            let selected = args.session.lock().await.storage.hash_algorithm();
+            let names: Vec<String> = unftp_core::storage::HashAlgorithm::ALL
+                .iter()
+                .map(|a| if *a == selected { format!("{}*", a.name()) } else { a.name().to_string() })
+                .collect();
+            format!(" HASH {}", names.join(";"))
+        };
+        feat_text.push(" MFMT");
+        feat_text.push(&hash_line);
+        feat_text.push(" SITE CHMOD");
 
         // Add the features. According to the spec each feature line must be
         // indented by a space.

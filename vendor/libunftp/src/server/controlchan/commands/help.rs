@@ -26,13 +26,19 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, _args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
-        let text: Vec<String> = vec![
-            "Help:".to_string(),
-            format!("Powered by libunftp: {}", env!("CARGO_PKG_VERSION")),
-            "View the docs at: https://unftp.rs/".to_string(),
+        // drift patch: the commands this server recognizes, as vsftpd and
+        // ProFTPD list them (no library or type names).
+        const COMMANDS: &[&str] = &[
+            "ABOR", "ACCT", "ALLO", "APPE", "AUTH", "CCC", "CDUP", "CWD", "DELE", "EPSV", "FEAT", "HASH", "HELP", "LIST", "MDTM", "MFMT", "MKD", "MLSD",
+            "MLST", "MODE", "NLST", "NOOP", "OPTS", "PASS", "PASV", "PBSZ", "PORT", "PROT", "PWD", "QUIT", "REST", "RETR", "RMD", "RNFR", "RNTO",
+            "SITE", "SIZE", "STAT", "STOR", "STOU", "STRU", "SYST", "TYPE", "USER", "XCWD", "XMKD", "XPWD", "XRMD",
         ];
+        let mut text: Vec<String> = vec!["The following commands are recognized:".to_string()];
+        text.extend(COMMANDS.chunks(12).map(|row| format!(" {}", row.join(" "))));
+        text.push("SITE HELP lists the SITE commands.".to_string());
+        text.push("Help OK.".to_string());
         Ok(Reply::new_multiline(ReplyCode::HelpMessage, text))
     }
 }

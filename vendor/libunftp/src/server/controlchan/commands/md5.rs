@@ -32,7 +32,7 @@ where
     User: UserDetail,
     Storage: StorageBackend<User> + 'static,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let session = args.session.lock().await;
         let user = session.user.clone();
@@ -77,8 +77,8 @@ where
                     }
                 }
                 Err(err) => {
-                    slog::warn!(logger, "MD5: Failed to retrieve MD5 sum for {:?} from backend: {}", path, err);
-                    if let Err(err) = tx_fail.send(ControlChanMsg::StorageError(err)).await {
+                    slog::debug!(logger, "MD5: Failed to retrieve MD5 sum for {:?} from backend: {}", path, err);
+                    if let Err(err) = tx_fail.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await {
                         slog::warn!(logger, "MD5: Could not send internal message to notify of MD5 failure: {}", err);
                     }
                 }

@@ -35,7 +35,7 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: 'static + Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let session = args.session.lock().await;
         let user = session.user.clone();
@@ -51,13 +51,13 @@ where
                     let modification_time = match metadata.modified() {
                         Ok(v) => Some(v),
                         Err(err) => {
-                            slog::warn!(
+                            slog::debug!(
                                 logger,
                                 "MDTM: Could not get the modified time from the fetched metadata for path {:?}: {}",
                                 path,
                                 err
                             );
-                            if let Err(err) = tx_fail.send(ControlChanMsg::StorageError(err)).await {
+                            if let Err(err) = tx_fail.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await {
                                 slog::warn!(logger, "MDTM: Could not send internal message to notify of MDTM failure: {}", err);
                             };
                             None
@@ -65,7 +65,7 @@ where
                     };
 
                     if let Some(mtime) = modification_time {
-                        slog::info!(logger, "MDTM: Successfully fetched modification time for path {:?}", path);
+                        slog::debug!(logger, "MDTM: Successfully fetched modification time for path {:?}", path);
                         if let Err(err) = tx_success
                             .send(ControlChanMsg::CommandChannelReply(Reply::new_with_string(
                                 ReplyCode::FileStatus,
@@ -78,8 +78,8 @@ where
                     }
                 }
                 Err(err) => {
-                    if let Err(err) = tx_fail.send(ControlChanMsg::StorageError(err)).await {
-                        slog::warn!(logger, "{}", err);
+                    if let Err(err) = tx_fail.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await {
+                        slog::debug!(logger, "{}", err);
                     }
                 }
             }

@@ -39,7 +39,7 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let session = args.session.lock().await;
         let user = session.user.clone();
@@ -51,13 +51,13 @@ where
         tokio::spawn(async move {
             match storage.mkd((*user).as_ref().unwrap(), &path).await {
                 Err(err) => {
-                    slog::warn!(logger, "MKD: Failure creating directory {:?} {}", path_str, err);
-                    if let Err(err) = tx.send(ControlChanMsg::StorageError(err)).await {
+                    slog::debug!(logger, "MKD: Failure creating directory {:?} {}", path_str, err);
+                    if let Err(err) = tx.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await {
                         slog::warn!(logger, "MKD: Could not send internal message to notify of MKD failure: {}", err);
                     }
                 }
                 _ => {
-                    slog::info!(logger, "MKD: Successfully created directory {:?}", path_str);
+                    slog::debug!(logger, "MKD: Successfully created directory {:?}", path_str);
                     if let Err(err) = tx.send(ControlChanMsg::MkDirSuccess { path: path_str }).await {
                         slog::warn!(logger, "MKD: Could not send internal message to notify of MKD success: {}", err);
                     }

@@ -28,7 +28,7 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let mut session = args.session.lock().await;
         let (cmd, path_opt): (DataChanCmd, Option<String>) = match args.parsed_command.clone() {
@@ -39,6 +39,20 @@ where
             _ => panic!("Programmer error, expected command to be MLSD"),
         };
         let logger = args.logger;
+        if session.data_cmd_tx.is_some() {
+            // drift patch: MLSD lists directories only (RFC 3659 7.1: 501
+            // for a file), since the backend's list of a file is that file
+            // (for LIST and NLST); checked before the 150.
+            let (storage, user) = (std::sync::Arc::clone(&session.storage), session.user.clone());
+            let full = session.cwd.join(path_opt.as_deref().unwrap_or(""));
+            if let Some(user) = (*user).as_ref() {
+                match storage.metadata(user, &full).await {
+                    Ok(m) if !m.is_dir() => return Ok(Reply::new(ReplyCode::ParameterSyntaxError, "Not a directory")),
+                    Err(e) => return Ok(super::drift_reply::storage_reply(&e)),
+                    Ok(_) => {}
+                }
+            }
+        }
         match session.data_cmd_tx.take() {
             Some(tx) => {
                 tokio::spawn(async move {

@@ -24,6 +24,9 @@ use async_trait::async_trait;
 pub enum Opt {
     /// The client wants us to enable UTF-8 encoding for file paths and such.
     Utf8 { on: bool },
+    /// drift patch: `OPTS HASH [algorithm]`: without an algorithm, the
+    /// selected one; with one, select it (draft-bryan-ftpext-hash).
+    Hash { algorithm: Option<String> },
 }
 
 #[derive(Debug)]
@@ -44,9 +47,19 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
-    async fn handle(&self, _args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
+    #[tracing_attributes::instrument(skip_all)]
+    async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         match &self.option {
+            Opt::Hash { algorithm } => {
+                let storage = std::sync::Arc::clone(&args.session.lock().await.storage);
+                match algorithm {
+                    None => Ok(Reply::new(ReplyCode::CommandOkay, storage.hash_algorithm().name())),
+                    Some(name) => match unftp_core::storage::HashAlgorithm::parse(name) {
+                        Some(algo) if storage.select_hash_algorithm(algo) => Ok(Reply::new(ReplyCode::CommandOkay, algo.name())),
+                        _ => Ok(Reply::new(ReplyCode::CommandNotImplementedForParameter, "Unknown hash algorithm")),
+                    },
+                }
+            }
             Opt::Utf8 { on: true } => Ok(Reply::new(ReplyCode::CommandOkay, "Always in UTF-8 mode.")),
             Opt::Utf8 { on: false } => Ok(Reply::new(ReplyCode::CommandNotImplementedForParameter, "Non UTF-8 mode not supported")),
         }

@@ -20,6 +20,7 @@ use crate::{
     storage::{Metadata, StorageBackend},
 };
 use async_trait::async_trait;
+use unftp_core::storage::TransferKind;
 
 #[derive(Debug)]
 pub struct Retr;
@@ -31,7 +32,7 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let mut session = args.session.lock().await;
         let (cmd, path): (DataChanCmd, String) = match args.parsed_command.clone() {
@@ -43,6 +44,19 @@ where
         };
 
         let logger = args.logger;
+        if session.data_cmd_tx.is_some() {
+            // drift patch: refuse (a directory, a missing permission...)
+            // before the 150, not after it.
+            let (storage, user) = (std::sync::Arc::clone(&session.storage), session.user.clone());
+            let full = session.cwd.join(&path);
+            let start = session.start_pos;
+            if let Some(user) = (*user).as_ref() {
+                if let Err(e) = storage.check_transfer(user, full, TransferKind::Download { start }).await {
+                    session.start_pos = 0;
+                    return Ok(super::drift_reply::storage_reply(&e));
+                }
+            }
+        }
         match session.data_cmd_tx.take() {
             Some(tx) => {
                 tokio::spawn(async move {

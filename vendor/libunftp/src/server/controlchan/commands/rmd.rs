@@ -38,7 +38,7 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let session = args.session.lock().await;
         let storage: Arc<Storage> = Arc::clone(&session.storage);
@@ -48,14 +48,14 @@ where
         let logger = args.logger;
         match storage.rmd((*session.user).as_ref().unwrap(), path).await {
             Err(err) => {
-                slog::warn!(logger, "RMD: Failed to delete directory {}: {}", path_str, err);
-                let r = tx.send(ControlChanMsg::StorageError(err)).await;
+                slog::debug!(logger, "RMD: Failed to delete directory {}: {}", path_str, err);
+                let r = tx.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await;
                 if let Err(e) = r {
                     slog::warn!(logger, "RMD: Could not send internal message to notify of RMD error: {}", e);
                 }
             }
             _ => {
-                slog::info!(logger, "RMD: Successfully removed directory {:?}", path_str);
+                slog::debug!(logger, "RMD: Successfully removed directory {:?}", path_str);
                 let r = tx.send(ControlChanMsg::RmDirSuccess { path: path_str }).await;
                 if let Err(e) = r {
                     slog::warn!(logger, "RMD: Could not send internal message to notify of RMD success: {}", e);

@@ -34,7 +34,7 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let session = args.session.lock().await;
         let user = session.user.clone();
@@ -63,7 +63,7 @@ where
                     }
                 }
                 Err(err) => {
-                    if let Err(err) = tx_fail.send(ControlChanMsg::StorageError(err)).await {
+                    if let Err(err) = tx_fail.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await {
                         slog::warn!(logger, "RNFR: Could not send internal message to notify of RNFR failure: {}", err);
                     }
                 }

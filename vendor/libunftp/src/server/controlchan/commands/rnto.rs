@@ -29,7 +29,7 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let CommandContext {
             logger,
@@ -52,13 +52,13 @@ where
         let new_path = to.to_string_lossy().to_string();
         match storage.rename(user, &from, &to).await {
             Ok(_) => {
-                slog::info!(logger, "RNTO: Successfully renamed {:?} to {:?}", from, to);
+                slog::debug!(logger, "RNTO: Successfully renamed {:?} to {:?}", from, to);
                 if let Err(err) = tx_control_chan.send(ControlChanMsg::RenameSuccess { old_path, new_path }).await {
                     slog::warn!(logger, "RNTO: Could not send internal message to notify of RNTO success: {}", err);
                 }
             }
             Err(err) => {
-                if let Err(err) = tx_control_chan.send(ControlChanMsg::StorageError(err)).await {
+                if let Err(err) = tx_control_chan.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await {
                     slog::warn!(logger, "RNTO: Could not send internal message to notify of RNTO failure: {}", err);
                 }
             }

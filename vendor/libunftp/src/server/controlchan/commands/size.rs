@@ -32,7 +32,7 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: 'static + Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let session = args.session.lock().await;
         let user = session.user.clone();
@@ -44,9 +44,17 @@ where
 
         tokio::spawn(async move {
             match storage.metadata((*user).as_ref().unwrap(), &path).await {
+                // drift patch: a directory has no size to transfer (RFC 3659:
+                // SIZE is for files); 550 as vsftpd answers.
+                Ok(metadata) if metadata.is_dir() => {
+                    let reply = Reply::new(ReplyCode::FileError, "Could not get file size: is a directory");
+                    if let Err(err) = tx_success.send(ControlChanMsg::CommandChannelReply(reply)).await {
+                        slog::warn!(logger, "SIZE: Could not send internal message: {}", err);
+                    }
+                }
                 Ok(metadata) => {
                     let file_len = metadata.len();
-                    slog::info!(logger, "SIZE: Successful size command for file {:?}: (size: {})", &path, file_len);
+                    slog::debug!(logger, "SIZE: Successful size command for file {:?}: (size: {})", &path, file_len);
                     if let Err(err) = tx_success
                         .send(ControlChanMsg::CommandChannelReply(Reply::new_with_string(
                             ReplyCode::FileStatus,
@@ -58,8 +66,8 @@ where
                     }
                 }
                 Err(err) => {
-                    slog::warn!(logger, "SIZE: Command failed for file {:?}: {}", &path, err);
-                    if let Err(err) = tx_fail.send(ControlChanMsg::StorageError(err)).await {
+                    slog::debug!(logger, "SIZE: Command failed for file {:?}: {}", &path, err);
+                    if let Err(err) = tx_fail.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await {
                         slog::warn!(logger, "SIZE: Could not send internal message to notify of SIZE failure: {}", err);
                     }
                 }

@@ -27,7 +27,7 @@ use crate::{
             handler::{CommandContext, CommandHandler},
         },
     },
-    storage::{Error, ErrorKind, Metadata, StorageBackend},
+    storage::{Metadata, StorageBackend},
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -52,33 +52,38 @@ where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: 'static + Metadata,
 {
-    #[tracing_attributes::instrument]
+    #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         match self.path.clone() {
             None => {
+                // drift patch: plain status lines (no library, backend or
+                // authenticator type names, no Debug output).
                 let session = args.session.lock().await;
-                let text: Vec<String> = vec![
-                    "server status:".to_string(),
-                    format!("powered by libunftp: {}", env!("CARGO_PKG_VERSION")),
-                    format!("sbe: {}", session.storage.name()),
-                    format!("authenticator: {}", args.auth_pipeline.name()),
-                    format!("user: {}", session.username.as_ref().unwrap()),
-                    format!("client addr: {}", session.source),
-                    format!("ftps configured: {}", args.tls_configured),
-                    format!("cmd channel in tls mode: {}", session.cmd_tls),
-                    format!("data channel in tls mode: {}", session.data_tls),
-                    format!("cwd: {}", session.cwd.to_string_lossy()),
-                    format!("rename from path: {:?}", session.rename_from),
-                    format!("offset for REST: {}", session.start_pos),
+                let mut text: Vec<String> = vec![
+                    "FTP server status:".to_string(),
+                    format!(" Connected to {}", session.source.ip()),
+                    format!(" Logged in as {}", session.username.as_deref().unwrap_or("(nobody)")),
+                    format!(" Working directory {}", session.cwd.to_string_lossy()),
+                    format!(" Control connection {}", if session.cmd_tls { "TLS" } else { "plain" }),
+                    format!(" Data connections {}", if session.data_tls { "TLS" } else { "plain" }),
                 ];
+                if session.start_pos > 0 {
+                    text.push(format!(" Restart offset {}", session.start_pos));
+                }
+                if let Some(from) = &session.rename_from {
+                    text.push(format!(" Rename pending from {}", from.to_string_lossy()));
+                }
+                text.push("End of status".to_string());
                 Ok(Reply::new_multiline(ReplyCode::SystemStatus, text))
             }
             Some(path) => {
                 let path: &str = std::str::from_utf8(&path)?;
                 let path_str = path.to_string();
-                let path = path.to_owned();
 
                 let session = args.session.lock().await;
+                // drift patch: relative to the working directory, as every
+                // other command's path.
+                let path = session.cwd.join(path);
                 let user = session.user.clone();
                 let storage = Arc::clone(&session.storage);
 
@@ -89,17 +94,24 @@ where
                 tokio::spawn(async move {
                     match storage.list_vec((*user).as_ref().unwrap(), path).await {
                         Ok(lines) => {
-                            slog::info!(logger, "STAT: Successfully listed file or directory {:?}", path_str);
+                            slog::debug!(logger, "STAT: Successfully listed file or directory {:?}", path_str);
+                            // drift patch: 213 (RFC 959 STAT of a path), framed
+                            // so every listing line is inside the reply.
+                            let mut text = Vec::with_capacity(lines.len() + 2);
+                            text.push(format!("Status of {path_str}:"));
+                            text.extend(lines.into_iter().map(|l| format!(" {l}")));
+                            text.push("End of status".to_string());
                             if let Err(err) = tx_success
-                                .send(ControlChanMsg::CommandChannelReply(Reply::new_multiline(ReplyCode::CommandOkay, lines)))
+                                .send(ControlChanMsg::CommandChannelReply(Reply::new_multiline(ReplyCode::FileStatus, text)))
                                 .await
                             {
                                 slog::warn!(logger, "STAT: Could not send internal message to notify of STAT success: {}", err);
                             }
                         }
                         Err(e) => {
-                            slog::info!(logger, "STAT: Failure listing file or directory {:?}", path_str);
-                            if let Err(err) = tx_fail.send(ControlChanMsg::StorageError(Error::new(ErrorKind::LocalError, e))).await {
+                            slog::debug!(logger, "STAT: Failure listing file or directory {:?}", path_str);
+                            let reply = super::drift_reply::storage_reply(&e);
+                            if let Err(err) = tx_fail.send(ControlChanMsg::CommandChannelReply(reply)).await {
                                 slog::warn!(logger, "STAT: Could not send internal message to notify of STAT failure: {}", err);
                             }
                         }

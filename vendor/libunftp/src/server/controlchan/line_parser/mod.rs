@@ -8,3 +8,5 @@ mod parser;
 mod tests;
 
 pub use parser::parse;
+/// drift patch: internal command names (see `parser::internal`).
+pub(crate) use parser::internal;

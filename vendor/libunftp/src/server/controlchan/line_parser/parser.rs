@@ -21,6 +21,16 @@ where
     let (cmd_token, cmd_params) = split_token_params(&vec);
     let cmd_token = normalize(cmd_token)?;
 
+    // drift patch: a path that is not valid UTF-8 is refused (553), not
+    // mapped to U+FFFD: two different byte strings must never name one
+    // file. Checked here, where the raw bytes still exist.
+    if takes_path(&cmd_token, cmd_params) && str::from_utf8(&parse_to_eol(cmd_params)?).is_err() {
+        return Ok(Command::Site {
+            command: internal::BAD_NAME.to_string(),
+            arguments: cmd_token,
+        });
+    }
+
     let cmd = match &*cmd_token {
         "USER" => {
             let username = parse_to_eol(cmd_params)?;
@@ -219,6 +229,15 @@ where
                 b"UTF8 OFF" | b"utf8 off" => Command::Opts {
                     option: Opt::Utf8 { on: false },
                 },
+                // drift patch: `OPTS HASH [algorithm]` (draft-bryan-ftpext-hash).
+                p if p.len() >= 4 && p[..4].eq_ignore_ascii_case(b"HASH") && (p.len() == 4 || p[4] == b' ') => {
+                    let algo = str::from_utf8(&p[4..])?.trim();
+                    Command::Opts {
+                        option: Opt::Hash {
+                            algorithm: if algo.is_empty() { None } else { Some(algo.to_string()) },
+                        },
+                    }
+                }
                 _ => return Err(ParseErrorKind::InvalidCommand.into()),
             }
         }
@@ -372,6 +391,18 @@ where
             let file = String::from_utf8_lossy(&params).to_string().into();
             Command::Mdtm { file }
         }
+        // drift patch: MFMT and HASH reach their handlers through the SITE
+        // dispatcher under internal names (see `internal`).
+        "MFMT" | "HASH" => {
+            let params = parse_to_eol(cmd_params)?;
+            if params.is_empty() {
+                return Err(ParseErrorKind::InvalidCommand.into());
+            }
+            Command::Site {
+                command: if cmd_token == "MFMT" { internal::MFMT } else { internal::HASH }.to_string(),
+                arguments: str::from_utf8(&params)?.to_string(),
+            }
+        }
         "SITE" => {
             let (cmd_token, cmd_params) = split_token_params(cmd_params);
             let cmd_token = normalize(cmd_token)?;
@@ -405,6 +436,30 @@ where
     };
 
     Ok(cmd)
+}
+
+/// drift patch: commands drift adds without new `Command` variants (the
+/// control loop's dispatch table is not part of this patch) travel as
+/// `Command::Site` under these names. A client's SITE subcommand is
+/// upper-cased, so it can never spell a name with lower-case letters.
+pub(crate) mod internal {
+    /// `MFMT time path`.
+    pub const MFMT: &str = "drift:MFMT";
+    /// `HASH path`.
+    pub const HASH: &str = "drift:HASH";
+    /// A command whose path argument is not valid UTF-8; the argument
+    /// holds the command's name.
+    pub const BAD_NAME: &str = "drift:BAD-NAME";
+}
+
+/// drift patch: whether `verb`'s argument is a path (for `SITE`, its
+/// subcommand's arguments are checked as a whole).
+fn takes_path(verb: &str, params: &[u8]) -> bool {
+    matches!(
+        verb,
+        "RETR" | "STOR" | "APPE" | "LIST" | "NLST" | "MLST" | "MLSD" | "CWD" | "XCWD" | "DELE" | "RMD" | "XRMD" | "MKD" | "XMKD" | "RNFR" | "RNTO"
+            | "SIZE" | "MDTM" | "MFMT" | "HASH" | "STAT"
+    ) || (verb == "SITE" && !params.is_empty())
 }
 
 fn split_token_params(vec: &[u8]) -> (&[u8], &[u8]) {

@@ -706,3 +706,77 @@ fn parse_appe() {
         assert_eq!(parse(test.input), test.expected);
     }
 }
+
+// drift patch: malformed arguments are errors, never panics.
+#[test]
+fn parse_malformed_arguments_are_errors() {
+    for input in [
+        &b"REST -1\r\n"[..],
+        b"REST 99999999999999999999999\r\n",
+        b"REST \r\r\n",
+        b"STOR a\rb\r\n",
+        b"\xff\xfe\r\n",
+        b"MFMT\r\n",
+        b"HASH\r\n",
+        b"OPTS HASHX\r\n",
+    ] {
+        assert!(parse(input.to_vec()).is_err(), "{:?}", String::from_utf8_lossy(input));
+    }
+}
+
+// drift patch: a path that is not UTF-8 is refused, never mapped to
+// U+FFFD (two byte strings would name one file).
+#[test]
+fn parse_non_utf8_paths_are_refused() {
+    for (input, verb) in [
+        (&b"STOR hx_\xff\xfe.bin\r\n"[..], "STOR"),
+        (b"STOR hx_\xfe\xff.bin\r\n", "STOR"),
+        (b"RETR \xc3\r\n", "RETR"),
+        (b"MKD d\xff\r\n", "MKD"),
+        (b"RNTO \xff\r\n", "RNTO"),
+        (b"SITE CHMOD 644 \xff\r\n", "SITE"),
+    ] {
+        assert_eq!(
+            parse(input.to_vec()),
+            Ok(Command::Site {
+                command: super::parser::internal::BAD_NAME.to_string(),
+                arguments: verb.to_string(),
+            })
+        );
+    }
+    assert_eq!(parse("STOR hx_ÿþ.bin\r\n"), Ok(Command::Stor { path: "hx_ÿþ.bin".into() }));
+}
+
+// drift patch: MFMT, HASH and OPTS HASH.
+#[test]
+fn parse_drift_commands() {
+    use super::parser::internal;
+    assert_eq!(
+        parse("MFMT 20200102030405 a b.txt\r\n"),
+        Ok(Command::Site {
+            command: internal::MFMT.to_string(),
+            arguments: "20200102030405 a b.txt".to_string(),
+        })
+    );
+    assert_eq!(
+        parse("hash dir/f\r\n"),
+        Ok(Command::Site {
+            command: internal::HASH.to_string(),
+            arguments: "dir/f".to_string(),
+        })
+    );
+    assert_eq!(
+        parse("OPTS HASH SHA-256\r\n"),
+        Ok(Command::Opts {
+            option: Opt::Hash {
+                algorithm: Some("SHA-256".to_string())
+            }
+        })
+    );
+    assert_eq!(parse("OPTS HASH\r\n"), Ok(Command::Opts { option: Opt::Hash { algorithm: None } }));
+    // A client's SITE subcommand can never reach an internal name.
+    match parse("SITE drift:MFMT x\r\n") {
+        Ok(Command::Site { command, .. }) => assert_eq!(command, "DRIFT:MFMT"),
+        other => panic!("{other:?}"),
+    }
+}
