@@ -18,6 +18,7 @@
 //! - [`digest`]: one BLAKE3 over a whole tree, for comparing trees.
 //! - [`fusedev`]: checking the FUSE device before mounting.
 
+mod at;
 mod fs;
 pub mod blobs;
 pub mod digest;

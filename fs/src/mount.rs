@@ -54,7 +54,11 @@ pub struct MountConfig {
     pub threads: usize,
     /// Let users other than the mounting one use the mount (the kernel
     /// then checks permission bits). Off by default: the node's FTP server
-    /// runs as the mounting user and is the mount's only client.
+    /// runs as the mounting user and is the mount's only client. When on
+    /// and drift runs as root, a new file or directory belongs to the user
+    /// who made it (its uid; its gid, or the parent's under a set-group-ID
+    /// directory), as on a local filesystem; otherwise new entries belong
+    /// to the user running drift.
     pub allow_other: bool,
 }
 
@@ -301,7 +305,11 @@ impl Mount {
         }
 
         let hints = Arc::new(ContentHints::default());
-        let fs = DriftFs::new(backing.clone(), journal.clone(), hints.clone(), cfg.sync, cfg.passthrough);
+        let root = crate::at::Root::open(&backing).map_err(|source| FsError::Io { path: backing.clone(), source })?;
+        // With others allowed in, new entries belong to whoever made them,
+        // as on a local filesystem; only root can give files away.
+        let chown_new = cfg.allow_other && unsafe { libc::geteuid() } == 0;
+        let fs = DriftFs::new(root, journal.clone(), hints.clone(), cfg.sync, cfg.passthrough, chown_new);
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName(format!("drift:{}", backing.display())),
