@@ -666,6 +666,9 @@ impl DriftFs {
             None => self.root.stat(rel),
         }
         .map_err(errno)?;
+        // A directory made in a set-group-ID directory inherits the bit,
+        // as it does on a local filesystem.
+        let want = if file.is_none() { want | (st.st_mode & libc::S_ISGID) } else { want };
         if st.st_mode & 0o7777 == want {
             return Ok(st);
         }
