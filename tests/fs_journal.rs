@@ -442,3 +442,49 @@ fn a_full_journal_disk_stops_changes_instead_of_losing_them() {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains(&format!("/d{n}: directory not in the journal")), "{text}");
 }
+
+#[test]
+fn replay_of_a_different_journal_onto_a_replayed_tree_is_refused_and_changes_nothing() {
+    // Two independent journals, each packed.
+    let mk = |files: &str| {
+        let s = Scratch::new();
+        let m = s.mount();
+        sh(files, &s.mnt);
+        drop(m);
+        let blobs = s.path("blobs");
+        ok(&["journal", "pack", "--journal", s.journal.to_str().unwrap(), "--backing", s.backing.to_str().unwrap(), "--blobs", blobs.to_str().unwrap()]);
+        (s, blobs)
+    };
+    let (a, a_blobs) = mk("mkdir d && echo from-a > d/f && echo a > only-a");
+    let (b, b_blobs) = mk("mkdir d && echo from-b > d/f && echo b > only-b");
+    let dest = tempfile::tempdir().unwrap();
+    let to = dest.path().join("tree");
+    let replay = |s: &Scratch, blobs: &Path, extra: &[&str]| {
+        let mut args = vec!["journal", "replay", "--journal", s.journal.to_str().unwrap(), "--blobs", blobs.to_str().unwrap(), "--to", to.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // Journal A in two steps (incremental replay of the same journal works).
+    let out = replay(&a, &a_blobs, &["--until", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = replay(&a, &a_blobs, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(digest(&to), digest(&a.backing));
+    let before = digest(&to);
+
+    // Journal B onto A's tree: refused, clearly, and nothing changes.
+    let out = replay(&b, &b_blobs, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds a replay of another journal") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(err.matches("drift:").count(), 1, "one error line: {err}");
+    assert_eq!(digest(&to), before);
+    assert!(!to.join("only-b").exists());
+    assert_eq!(std::fs::read_to_string(to.join("d/f")).unwrap(), "from-a\n");
+
+    // Journal A again: still accepted (nothing left to apply).
+    let out = replay(&a, &a_blobs, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(digest(&to), before);
+    drop(b);
+}

@@ -819,6 +819,12 @@ impl DriftFs {
         } else {
             None
         };
+        if pass.is_none() && acc != libc::O_WRONLY {
+            // We serve this file's reads ourselves, in the order the
+            // kernel's readahead asks for them: mostly sequential, so the
+            // backing file may read further ahead (best effort).
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+        }
         let fh = self.add_handle(ino, file, write, trunc, None, pass.clone())?;
         Ok((fh, pass))
     }

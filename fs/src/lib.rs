@@ -17,6 +17,7 @@
 //! - [`verify`]: comparing a backing tree with what its journal says.
 //! - [`digest`]: one BLAKE3 over a whole tree, for comparing trees.
 //! - [`fusedev`]: checking the FUSE device before mounting.
+//! - [`readahead`]: the mount's readahead window.
 
 mod at;
 mod fs;
@@ -28,6 +29,7 @@ pub mod hints;
 pub mod journal;
 pub mod model;
 pub mod mount;
+pub mod readahead;
 pub mod replay;
 pub mod verify;
 

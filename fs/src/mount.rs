@@ -327,6 +327,7 @@ impl Mount {
         config.clone_fd = true;
         let session = fuser::spawn_mount(fs, &mountpoint, &config)
             .map_err(|source| FsError::Mount { path: mountpoint.clone(), source })?;
+        crate::readahead::match_backing(&mountpoint, &backing);
         info!(backing = %backing.display(), mountpoint = %mountpoint.display(), journal = %cfg.journal.display(), "mounted");
         Ok(Mount { session: Some(session), journal, hints, mountpoint })
     }
