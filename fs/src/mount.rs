@@ -38,6 +38,8 @@ pub enum FsError {
     Unmount { path: PathBuf, #[source] source: std::io::Error },
     #[error("{path}")]
     Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("journal directory {path}")]
+    JournalDir { path: PathBuf, #[source] source: std::io::Error },
 }
 
 /// What to mount where. Build with [`MountConfig::new`] and adjust.
@@ -287,7 +289,7 @@ impl Mount {
             .journal
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
-            .map(|p| std::fs::canonicalize(p).map_err(|e| FsError::Io { path: p.to_owned(), source: e }))
+            .map(|p| std::fs::canonicalize(p).map_err(|e| FsError::JournalDir { path: p.to_owned(), source: e }))
             .transpose()?
             .unwrap_or(std::env::current_dir().map_err(|e| FsError::Io { path: ".".into(), source: e })?);
         for (outer_what, outer) in [("mountpoint", &mountpoint), ("backing directory", &backing)] {
