@@ -834,8 +834,7 @@ impl DriftFs {
         req: &Request,
         parent: u64,
         name: &OsStr,
-        mode: u32,
-        umask: u32,
+        want: u32,
         flags: i32,
         reply: &ReplyCreate,
     ) -> FsResult<(FileAttr, u64, Option<Arc<BackingId>>)> {
@@ -843,7 +842,6 @@ impl DriftFs {
         let mut inodes = self.write_inodes();
         let parent_rel = inodes.path(parent)?;
         let rel = Self::child(&inodes, parent, name)?;
-        let want = mode & !umask & 0o7777;
         // Exclusive, so that only a file made here gets the caller's mode
         // and owner. The kernel asks to create a name it believes absent;
         // if it appeared meanwhile in the backing directory, it is opened
@@ -1158,7 +1156,8 @@ impl Filesystem for DriftFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.create_impl(req, parent.0, name, mode, umask, flags, &reply) {
+        // The mode the caller asked for, minus the caller's umask.
+        match self.create_impl(req, parent.0, name, mode & !umask & 0o7777, flags, &reply) {
             Ok((attr, fh, Some(id))) => {
                 reply.created_passthrough(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty(), &id)
             }
