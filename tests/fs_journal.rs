@@ -564,3 +564,22 @@ fn an_os_error_is_printed_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("journal directory") && err.matches("(os error 2)").count() == 1, "{err}");
 }
+
+/// The readahead window (KiB) of the device holding `p`, from sysfs.
+fn read_ahead_kb(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(p).unwrap().dev();
+    let knob = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    std::fs::read_to_string(&knob).unwrap_or_else(|e| panic!("{knob}: {e}")).trim().parse().unwrap()
+}
+
+#[test]
+fn the_mounts_readahead_window_is_the_backing_devices() {
+    // The kernel starts a FUSE connection at 128 KiB of readahead; reads
+    // served through the mount's page cache (no passthrough) need the
+    // backing device's window to keep up with the plain directory.
+    let s = Scratch::new();
+    let _m = MountProc::start(&s.backing, &s.mnt, &s.journal, &["--no-passthrough"]);
+    let want = read_ahead_kb(&s.backing).max(drift_fs::readahead::FLOOR_KB);
+    assert_eq!(read_ahead_kb(&s.mnt), want);
+}
