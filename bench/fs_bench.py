@@ -6,7 +6,8 @@ directory through `drift mount`:
   - sequential write of a 1 GiB file (dd, 1 MiB blocks), until close returns
     and until the file is durable (conv=fsync);
   - sequential read of that file, from the page cache and cold (caches dropped
-    and deferred work settled before each cold read; --cold-reads per run),
+    and deferred work settled before each cold read; --cold-reads per run,
+    taking turns between the targets),
     with the disk's read requests counted for each cold read (/proc/diskstats),
     so that a slower cold read can be told apart from different disk I/O;
   - create-write-close of 10,000 small files (4 KiB, and 64 KiB) from one
@@ -142,11 +143,12 @@ def main():
             # Rotate the order so no target always follows the same one
             # (dirty-page writeback and deferred deletions carry over).
             order = targets[run % 3:] + targets[:run % 3]
+            # Names differ per target: all three targets share one backing
+            # directory, and overwriting the previous target's files would
+            # measure truncation instead of creation.
+            big = {target: f"{base}/{target}-big-{run}" for target, base in order}
             for target, base in order:
-                # Names differ per target: all three targets share one
-                # backing directory, and overwriting the previous target's
-                # files would measure truncation instead of creation.
-                f = f"{base}/{target}-big-{run}"
+                f = big[target]
                 settle()
                 if target == "mount":
                     before = last_seq(drift, journal)
@@ -157,14 +159,20 @@ def main():
                     wait_journal(drift, journal, f"/{target}-big-{run}", before)
                     add("journal entry after close", "mount", time.perf_counter() - t0)
                 add("read 1 GiB (cached)", target, timed(lambda: read_big(f)))
-                if can_drop:
-                    for _ in range(a.cold_reads):
+            # Cold reads take turns between the targets, so that the load
+            # of the shared machine (which moves single cold reads by 2x)
+            # falls on all of them alike rather than on one target's turn.
+            if can_drop:
+                for _ in range(a.cold_reads):
+                    for target, _ in order:
                         settle()
                         before_io = disk_reads(dev)
-                        add("read 1 GiB (cold)", target, timed(lambda: read_big(f)))
+                        add("read 1 GiB (cold)", target, timed(lambda: read_big(big[target])))
                         after_io = disk_reads(dev)
                         if before_io and after_io:
                             io.setdefault(target, []).append((after_io[0] - before_io[0], after_io[1] - before_io[1]))
+            for target, base in order:
+                f = big[target]
                 # Through the mount, the kernel frees a deleted file's blocks
                 # only when it evicts the inode holding the passthrough
                 # backing file: settle (untimed) so that no target pays for
