@@ -214,6 +214,11 @@ def main():
                     reqs = statistics.median(r for r, _ in io[target])
                     kib = statistics.median(k for _, k in io[target])
                     line += f"   {reqs:.0f} requests, {kib / 1024:.0f} MiB read, {kib / max(reqs, 1):.0f} KiB per request"
+                b = sorted(cold.get("backing", []))
+                if target != "backing" and b:
+                    # The fastest read of each is the one least disturbed
+                    # by the rest of the machine.
+                    line += f"   ratio {statistics.median(b) / statistics.median(t):.2f}x (medians), {b[0] / t[0]:.2f}x (fastest)"
                 print(line)
     finally:
         for proc, m in zip(procs, (mnt, mnt2)):
