@@ -5,7 +5,11 @@ Measures, on the same disk, the backing directory directly and the same
 directory through `drift mount`:
   - sequential write of a 1 GiB file (dd, 1 MiB blocks), until close returns
     and until the file is durable (conv=fsync);
-  - sequential read of that file, from the page cache and cold (caches dropped);
+  - sequential read of that file, from the page cache and cold (caches dropped
+    and deferred work settled before each cold read; --cold-reads per run,
+    taking turns between the targets),
+    with the disk's read requests counted for each cold read (/proc/diskstats),
+    so that a slower cold read can be told apart from different disk I/O;
   - create-write-close of 10,000 small files (4 KiB, and 64 KiB) from one
     process, each run into a fresh directory (kept until the end).
 For the mount it also reports how long after close the journal entry for the
@@ -35,6 +39,32 @@ def settle():
     drop_caches()
     time.sleep(1)
     os.sync()
+
+def disk_of(path):
+    """major:minor of the block device holding path (its whole disk when
+    the holder is a partition), as /proc/diskstats names it."""
+    st = os.stat(path)
+    major, minor = os.major(st.st_dev), os.minor(st.st_dev)
+    try:
+        real = os.path.realpath(f"/sys/dev/block/{major}:{minor}")
+        if os.path.exists(os.path.join(real, "partition")):
+            with open(os.path.join(os.path.dirname(real), "dev")) as f:
+                major, minor = map(int, f.read().strip().split(":"))
+    except OSError:
+        pass
+    return major, minor
+
+def disk_reads(dev):
+    """(read requests completed, KiB read) so far on dev, or None."""
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                p = line.split()
+                if (int(p[0]), int(p[1])) == dev:
+                    return int(p[3]), int(p[5]) // 2
+    except OSError:
+        pass
+    return None
 
 def timed(fn):
     t = time.perf_counter(); fn(); return time.perf_counter() - t
@@ -79,6 +109,9 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--verbose", action="store_true", help="print every measurement as it is taken")
+    ap.add_argument("--cold-reads", type=int, default=3,
+                    help="cold reads of the 1 GiB file per run and target (default 3): single cold reads "
+                         "vary by 2x or more on a shared machine, so the median needs several")
     ap.add_argument("--small-sizes", type=lambda v: [int(x) * 1024 for x in v.split(",")], default=[4096, 65536],
                     help="small-file sizes in KiB, comma-separated (default 4,64)")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir under /var/tmp)")
@@ -98,7 +131,9 @@ def main():
             else:
                 raise SystemExit(f"mount {m} did not come up")
         can_drop = drop_caches()
+        dev = disk_of(root)
         results = {}
+        io = {}
         def add(name, target, seconds):
             if a.verbose:
                 print(f"  run {run}: {name} on {target}: {seconds:.3f}s", flush=True)
@@ -108,11 +143,12 @@ def main():
             # Rotate the order so no target always follows the same one
             # (dirty-page writeback and deferred deletions carry over).
             order = targets[run % 3:] + targets[:run % 3]
+            # Names differ per target: all three targets share one backing
+            # directory, and overwriting the previous target's files would
+            # measure truncation instead of creation.
+            big = {target: f"{base}/{target}-big-{run}" for target, base in order}
             for target, base in order:
-                # Names differ per target: all three targets share one
-                # backing directory, and overwriting the previous target's
-                # files would measure truncation instead of creation.
-                f = f"{base}/{target}-big-{run}"
+                f = big[target]
                 settle()
                 if target == "mount":
                     before = last_seq(drift, journal)
@@ -123,9 +159,20 @@ def main():
                     wait_journal(drift, journal, f"/{target}-big-{run}", before)
                     add("journal entry after close", "mount", time.perf_counter() - t0)
                 add("read 1 GiB (cached)", target, timed(lambda: read_big(f)))
-                if can_drop:
-                    drop_caches()
-                    add("read 1 GiB (cold)", target, timed(lambda: read_big(f)))
+            # Cold reads take turns between the targets, so that the load
+            # of the shared machine (which moves single cold reads by 2x)
+            # falls on all of them alike rather than on one target's turn.
+            if can_drop:
+                for _ in range(a.cold_reads):
+                    for target, _ in order:
+                        settle()
+                        before_io = disk_reads(dev)
+                        add("read 1 GiB (cold)", target, timed(lambda: read_big(big[target])))
+                        after_io = disk_reads(dev)
+                        if before_io and after_io:
+                            io.setdefault(target, []).append((after_io[0] - before_io[0], after_io[1] - before_io[1]))
+            for target, base in order:
+                f = big[target]
                 # Through the mount, the kernel frees a deleted file's blocks
                 # only when it evicts the inode holding the passthrough
                 # backing file: settle (untimed) so that no target pays for
@@ -154,6 +201,25 @@ def main():
                 print(f"{name:30} {b:8.3f}s {m:8.3f}s {b / m:6.2f}x {n:14.3f}s {b / n:6.2f}x")
         if not can_drop:
             print("(cold reads skipped: cannot drop caches here)")
+        else:
+            cold = results.get("read 1 GiB (cold)", {})
+            print(f"\ncold reads, {a.runs} x {a.cold_reads} per target: time min/median/max, and the disk's read"
+                  f" requests (medians) during each, device {dev[0]}:{dev[1]}")
+            for target, _ in targets:
+                t = sorted(cold.get(target, []))
+                if not t:
+                    continue
+                line = f"  {target:15} {t[0]:.3f}s / {statistics.median(t):.3f}s / {t[-1]:.3f}s"
+                if io.get(target):
+                    reqs = statistics.median(r for r, _ in io[target])
+                    kib = statistics.median(k for _, k in io[target])
+                    line += f"   {reqs:.0f} requests, {kib / 1024:.0f} MiB read, {kib / max(reqs, 1):.0f} KiB per request"
+                b = sorted(cold.get("backing", []))
+                if target != "backing" and b:
+                    # The fastest read of each is the one least disturbed
+                    # by the rest of the machine.
+                    line += f"   ratio {statistics.median(b) / statistics.median(t):.2f}x (medians), {b[0] / t[0]:.2f}x (fastest)"
+                print(line)
     finally:
         for proc, m in zip(procs, (mnt, mnt2)):
             proc.terminate()

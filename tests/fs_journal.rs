@@ -442,3 +442,144 @@ fn a_full_journal_disk_stops_changes_instead_of_losing_them() {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains(&format!("/d{n}: directory not in the journal")), "{text}");
 }
+
+#[test]
+fn replay_of_a_different_journal_onto_a_replayed_tree_is_refused_and_changes_nothing() {
+    // Two independent journals, each packed.
+    let mk = |files: &str| {
+        let s = Scratch::new();
+        let m = s.mount();
+        sh(files, &s.mnt);
+        drop(m);
+        let blobs = s.path("blobs");
+        ok(&["journal", "pack", "--journal", s.journal.to_str().unwrap(), "--backing", s.backing.to_str().unwrap(), "--blobs", blobs.to_str().unwrap()]);
+        (s, blobs)
+    };
+    let (a, a_blobs) = mk("mkdir d && echo from-a > d/f && echo a > only-a");
+    let (b, b_blobs) = mk("mkdir d && echo from-b > d/f && echo b > only-b");
+    let dest = tempfile::tempdir().unwrap();
+    let to = dest.path().join("tree");
+    let replay = |s: &Scratch, blobs: &Path, extra: &[&str]| {
+        let mut args = vec!["journal", "replay", "--journal", s.journal.to_str().unwrap(), "--blobs", blobs.to_str().unwrap(), "--to", to.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // Journal A in two steps (incremental replay of the same journal works).
+    let out = replay(&a, &a_blobs, &["--until", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = replay(&a, &a_blobs, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(digest(&to), digest(&a.backing));
+    let before = digest(&to);
+
+    // Journal B onto A's tree: refused, clearly, and nothing changes.
+    let out = replay(&b, &b_blobs, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds a replay of another journal") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(err.matches("drift:").count(), 1, "one error line: {err}");
+    assert_eq!(digest(&to), before);
+    assert!(!to.join("only-b").exists());
+    assert_eq!(std::fs::read_to_string(to.join("d/f")).unwrap(), "from-a\n");
+
+    // Journal A again: still accepted (nothing left to apply).
+    let out = replay(&a, &a_blobs, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(digest(&to), before);
+    drop(b);
+}
+
+/// Runs `drift ARGS` in a private mount namespace after `setup` (a shell
+/// snippet that breaks /dev/fuse there only), returning status and stderr.
+fn in_private_ns(setup: &str, args: &[&str]) -> (Option<i32>, String) {
+    let cmd = std::iter::once(drift_bin()).chain(args.iter().copied()).map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ");
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &format!("{setup} && exec {cmd}")])
+        .env("DRIFT_LOG", "warn")
+        .output()
+        .expect("unshare (util-linux)");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn fuse_device_problems_are_named_with_what_to_do_and_not_blamed_on_the_mountpoint() {
+    let s = Scratch::new();
+    let (b, mnt, j) = (s.backing.to_str().unwrap(), s.mnt.to_str().unwrap(), s.journal.to_str().unwrap());
+    let mount = ["mount", b, mnt, "--journal", j];
+    let check = |(code, err): (Option<i32>, String), needles: &[&str]| {
+        assert_eq!(code, Some(1), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "expected {n:?} in {err:?}");
+        }
+        assert!(!err.contains("mountpoint"), "not blamed on the mountpoint: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(!s.journal.exists(), "a refused mount leaves no journal");
+        assert!(!is_mounted(&s.mnt));
+    };
+    // Missing: an empty /dev.
+    check(in_private_ns("mount -t tmpfs none /dev", &mount), &["/dev/fuse is missing", "modprobe fuse", "apt-get install fuse3"]);
+    // Broken: something else at /dev/fuse.
+    check(in_private_ns("mount --bind /dev/null /dev/fuse", &mount), &["/dev/fuse is broken", "1:3", "mknod"]);
+    // Unreadable for the user running drift.
+    let (code, err) = {
+        let cmd = format!(
+            "mount -t tmpfs none /dev && mknod -m 000 /dev/fuse c 10 229 && exec setpriv --reuid=65534 --regid=65534 --clear-groups '{}' mount '{b}' '{mnt}' --journal '{j}'",
+            drift_bin()
+        );
+        std::fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let out = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &cmd]).env("DRIFT_LOG", "warn").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    check((code, err), &["/dev/fuse is not readable and writable by this user", "permissions"]);
+    // A non-root user without fusermount3 (the device itself is usable).
+    let cmd = format!(
+        "mount -t tmpfs none /dev && mknod -m 666 /dev/fuse c 10 229 && exec setpriv --reuid=65534 --regid=65534 --clear-groups env PATH=/nonexistent '{}' mount '{b}' '{mnt}' --journal '{j}'",
+        drift_bin()
+    );
+    let out = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &cmd]).env("DRIFT_LOG", "warn").output().unwrap();
+    check((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()), &["fusermount3 is missing", "apt-get install fuse3"]);
+}
+
+#[test]
+fn an_os_error_is_printed_once() {
+    let s = Scratch::new();
+    let (b, mnt) = (s.backing.to_str().unwrap(), s.mnt.to_str().unwrap());
+    // A directory where the journal should be: SQLite says "unable to
+    // open database file" (and rusqlite repeats it); the OS says why.
+    let jdir = s.path("j.db");
+    std::fs::create_dir(&jdir).unwrap();
+    for args in [
+        vec!["mount", b, mnt, "--journal", jdir.to_str().unwrap()],
+        vec!["journal", "list", "--journal", jdir.to_str().unwrap()],
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(err.matches("Is a directory (os error 21)").count(), 1, "{err}");
+        assert_eq!(err.matches("unable to open database file").count(), 0, "{err}");
+        assert_eq!(err.matches(jdir.to_str().unwrap()).count(), 1, "{err}");
+    }
+    // A journal directory that does not exist: named once, as the journal's.
+    let out = run(&["mount", b, mnt, "--journal", s.path("no-dir/j.db").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("journal directory") && err.matches("(os error 2)").count() == 1, "{err}");
+}
+
+/// The readahead window (KiB) of the device holding `p`, from sysfs.
+fn read_ahead_kb(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(p).unwrap().dev();
+    let knob = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    std::fs::read_to_string(&knob).unwrap_or_else(|e| panic!("{knob}: {e}")).trim().parse().unwrap()
+}
+
+#[test]
+fn the_mounts_readahead_window_is_the_backing_devices() {
+    // The kernel starts a FUSE connection at 128 KiB of readahead; reads
+    // served through the mount's page cache (no passthrough) need the
+    // backing device's window to keep up with the plain directory.
+    let s = Scratch::new();
+    let _m = MountProc::start(&s.backing, &s.mnt, &s.journal, &["--no-passthrough"]);
+    let want = read_ahead_kb(&s.backing).max(drift_fs::readahead::FLOOR_KB);
+    assert_eq!(read_ahead_kb(&s.mnt), want);
+}

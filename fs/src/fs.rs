@@ -40,12 +40,12 @@
 //! is the order in which names changed.
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr, OsString};
-use std::fs::{File, Metadata};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -59,6 +59,7 @@ use fuser::{
 };
 use tracing::{debug, error, info, warn};
 
+use crate::at::{self, Root};
 use crate::hints::{ContentHints, Offer};
 use crate::journal::{Change, Journal, Op, SyncMode};
 
@@ -207,7 +208,11 @@ struct DirHandle {
 }
 
 pub(crate) struct DriftFs {
-    backing: PathBuf,
+    /// The backing directory; every access goes through it (see [`at`]).
+    root: Root,
+    /// Give new entries to the calling user, as a local filesystem does
+    /// (see [`DriftFs::own_new`]).
+    chown_new: bool,
     journal: Arc<Journal>,
     sync: SyncMode,
     want_passthrough: bool,
@@ -238,37 +243,45 @@ fn system_time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
-fn attr_of(ino: u64, md: &Metadata) -> FileAttr {
+fn kind_of(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn attr_of(ino: u64, st: &libc::stat) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
-        size: md.size(),
-        blocks: md.blocks(),
-        atime: system_time(md.atime(), md.atime_nsec()),
-        mtime: system_time(md.mtime(), md.mtime_nsec()),
-        ctime: system_time(md.ctime(), md.ctime_nsec()),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: system_time(st.st_atime, st.st_atime_nsec),
+        mtime: system_time(st.st_mtime, st.st_mtime_nsec),
+        ctime: system_time(st.st_ctime, st.st_ctime_nsec),
         crtime: UNIX_EPOCH,
-        kind: FileType::from_std(md.file_type()).unwrap_or(FileType::RegularFile),
-        perm: (md.mode() & 0o7777) as u16,
-        nlink: md.nlink() as u32,
-        uid: md.uid(),
-        gid: md.gid(),
-        rdev: md.rdev() as u32,
-        blksize: md.blksize() as u32,
+        kind: kind_of(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
         flags: 0,
     }
 }
 
-fn ctime(md: &Metadata) -> (i64, i64) {
-    (md.ctime(), md.ctime_nsec())
+fn ctime(st: &libc::stat) -> (i64, i64) {
+    (st.st_ctime, st.st_ctime_nsec)
 }
 
 /// The journal's spelling of a relative path: "/a/b".
 fn jpath(rel: &Path) -> String {
     format!("/{}", rel.to_string_lossy())
-}
-
-fn cpath(p: &Path) -> FsResult<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
 }
 
 fn check_name(name: &OsStr) -> FsResult<()> {
@@ -282,17 +295,6 @@ fn check_name(name: &OsStr) -> FsResult<()> {
     Ok(())
 }
 
-/// open(2) on the backing tree. Flags the kernel handles itself (append,
-/// creation, controlling tty) are stripped; the caller adds what it wants.
-fn open_backing(path: &Path, flags: i32, mode: u32) -> FsResult<File> {
-    let c = cpath(path)?;
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOFOLLOW, mode) };
-    if fd < 0 {
-        return Err(errno(io::Error::last_os_error()));
-    }
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
 /// Flags for our own descriptor of a file the kernel opened with `flags`.
 /// Write-only becomes read-write so the release can hash the content;
 /// append is dropped because the kernel already gives every write its
@@ -303,6 +305,10 @@ fn own_flags(flags: i32) -> i32 {
         f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
     }
     f
+}
+
+fn fchmod(f: &File, mode: u32) -> io::Result<()> {
+    if unsafe { libc::fchmod(f.as_raw_fd(), mode as libc::mode_t) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 fn to_timespec(t: Option<TimeOrNow>) -> libc::timespec {
@@ -327,14 +333,16 @@ fn to_timespec(t: Option<TimeOrNow>) -> libc::timespec {
 
 impl DriftFs {
     pub(crate) fn new(
-        backing: PathBuf,
+        root: Root,
         journal: Arc<Journal>,
         hints: Arc<ContentHints>,
         sync: SyncMode,
         passthrough: bool,
+        chown_new: bool,
     ) -> Self {
         DriftFs {
-            backing,
+            root,
+            chown_new,
             journal,
             sync,
             want_passthrough: passthrough,
@@ -360,14 +368,6 @@ impl DriftFs {
 
     fn write_inodes(&self) -> std::sync::RwLockWriteGuard<'_, Inodes> {
         self.inodes.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn full(&self, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() {
-            self.backing.clone()
-        } else {
-            self.backing.join(rel)
-        }
     }
 
     fn child(inodes: &Inodes, parent: u64, name: &OsStr) -> FsResult<PathBuf> {
@@ -408,9 +408,9 @@ impl DriftFs {
     /// Makes a directory change durable on disk in [`SyncMode::Full`].
     fn sync_dir(&self, rel: &Path) {
         if self.sync == SyncMode::Full {
-            let dir = self.full(rel.parent().unwrap_or(Path::new("")));
-            if let Err(e) = File::open(&dir).and_then(|f| f.sync_all()) {
-                warn!("fsync of {} failed: {e}", dir.display());
+            let dir = rel.parent().unwrap_or(Path::new(""));
+            if let Err(e) = self.root.sync_dir(dir) {
+                warn!("fsync of directory {} failed: {e}", jpath(dir));
             }
         }
     }
@@ -451,13 +451,13 @@ impl DriftFs {
         file: File,
         write: bool,
         changed: bool,
-        md: Option<&Metadata>,
+        md: Option<&libc::stat>,
         pass: Option<Arc<BackingId>>,
     ) -> FsResult<u64> {
         let baseline = match (write, md) {
             (false, _) => None,
             (true, Some(md)) => Some(ctime(md)),
-            (true, None) => file.metadata().ok().map(|m| ctime(&m)),
+            (true, None) => at::fstat(&file).ok().map(|m| ctime(&m)),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         {
@@ -485,7 +485,7 @@ impl DriftFs {
     fn passthrough_backing(
         &self,
         ino: u64,
-        full: &Path,
+        rel: &Path,
         reuse: Option<&File>,
         register: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> FsResult<Arc<BackingId>> {
@@ -498,10 +498,15 @@ impl DriftFs {
         // descriptor we already hold (read-write, no append) can serve.
         let id = match reuse {
             Some(f) => Arc::new(register(f).map_err(errno)?),
-            None => Arc::new(register(&open_backing(full, libc::O_RDWR, 0)?).map_err(errno)?),
+            None => Arc::new(register(&self.root.open_file(rel, libc::O_RDWR, 0).map_err(errno)?).map_err(errno)?),
         };
         st.backing = Arc::downgrade(&id);
         Ok(id)
+    }
+
+    /// Some open handle of `ino`, for a file that has no path any more.
+    fn any_handle(&self, ino: u64) -> Option<(u64, Arc<File>)> {
+        lock(&self.handles).values().find(|h| h.ino == ino).map(|h| (h.ino, h.file.clone()))
     }
 
     fn handle_file(&self, fh: FileHandle) -> FsResult<(u64, Arc<File>)> {
@@ -532,7 +537,7 @@ impl DriftFs {
         // path we remember must be the one we looked at.
         let mut inodes = self.write_inodes();
         let rel = Self::child(&inodes, parent, name)?;
-        let md = std::fs::symlink_metadata(self.full(&rel)).map_err(errno)?;
+        let md = self.root.stat(&rel).map_err(errno)?;
         let ino = inodes.remember(&rel);
         Ok(attr_of(ino, &md))
     }
@@ -551,62 +556,55 @@ impl DriftFs {
         if mode.is_some() || size.is_some() || mtime.is_some() {
             self.writable()?;
         }
-        let handle = fh.and_then(|fh| self.handle_file(fh).ok()).map(|(_, f)| f);
         let _content = size.is_some().then(|| self.content_lock(ino));
         // Hold the inode table so the path we journal is the file we changed.
         let inodes = self.read_inodes();
         let rel = inodes.path(ino);
-        let full = match (&rel, &handle) {
-            (Ok(rel), _) => Some(self.full(rel)),
-            (Err(_), Some(_)) => None,
-            (Err(e), None) => return Err(*e),
-        };
-        let run = |f: &dyn Fn(&Path) -> io::Result<()>, g: &dyn Fn(&File) -> io::Result<()>| {
-            match (&handle, &full) {
+        // The handle the kernel names, or, for a file unlinked while open
+        // (it has no path any more), any open handle of it.
+        let handle = fh
+            .and_then(|fh| self.handle_file(fh).ok())
+            .or_else(|| rel.is_err().then(|| self.any_handle(ino)).flatten())
+            .map(|(_, f)| f);
+        if let (Err(e), None) = (&rel, &handle) {
+            return Err(*e);
+        }
+        let by_path = |f: &dyn Fn(&Path) -> io::Result<()>, g: &dyn Fn(&File) -> io::Result<()>| {
+            match (&handle, &rel) {
                 (Some(h), _) => g(h),
-                (None, Some(p)) => f(p),
-                (None, None) => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+                (None, Ok(p)) => f(p),
+                (None, Err(_)) => Err(io::Error::from_raw_os_error(libc::ENOENT)),
             }
             .map_err(errno)
         };
 
         if let Some(mode) = mode {
-            let perm = std::fs::Permissions::from_mode(mode & 0o7777);
-            run(&|p| std::fs::set_permissions(p, perm.clone()), &|f| f.set_permissions(perm.clone()))?;
+            let m = mode & 0o7777;
+            by_path(&|p| self.root.chmod(p, m), &|f| fchmod(f, m))?;
         }
         if uid.is_some() || gid.is_some() {
             // Ownership is applied but not journaled: FTP users are virtual
             // and every served file belongs to the node's service account.
-            run(&|p| std::os::unix::fs::lchown(p, uid, gid), &|f| std::os::unix::fs::fchown(f, uid, gid))?;
+            by_path(&|p| self.root.chown(p, uid, gid), &|f| std::os::unix::fs::fchown(f, uid, gid))?;
         }
         if let Some(size) = size {
-            run(
-                &|p| std::fs::OpenOptions::new().write(true).open(p)?.set_len(size),
+            by_path(
+                &|p| self.root.open_file(p, libc::O_WRONLY, 0)?.set_len(size),
                 &|f| f.set_len(size),
             )?;
         }
         if atime.is_some() || mtime.is_some() {
             let times = [to_timespec(atime), to_timespec(mtime)];
-            run(
-                &|p| {
-                    let c = CString::new(p.as_os_str().as_bytes())
-                        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-                    let r = unsafe {
-                        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
-                    };
-                    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-                },
-                &|f| {
-                    let r = unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) };
-                    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-                },
-            )?;
+            by_path(&|p| self.root.utimens(p, &times), &|f| {
+                let r = unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) };
+                if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+            })?;
         }
 
-        let md = match (&handle, &full) {
-            (Some(h), _) => h.metadata(),
-            (None, Some(p)) => std::fs::symlink_metadata(p),
-            (None, None) => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        let md = match (&handle, &rel) {
+            (Some(h), _) => at::fstat(&**h),
+            (None, Ok(p)) => self.root.stat(p),
+            (None, Err(_)) => Err(io::Error::from_raw_os_error(libc::ENOENT)),
         }
         .map_err(errno)?;
 
@@ -623,15 +621,15 @@ impl DriftFs {
                 if !marked {
                     let f = match &handle {
                         Some(h) => h.clone(),
-                        None => Arc::new(File::open(self.full(rel)).map_err(errno)?),
+                        None => Arc::new(self.root.open_file(rel, libc::O_RDONLY, 0).map_err(errno)?),
                     };
                     self.journal_write(rel, &f)?;
                 }
             }
             if mode.is_some() || mtime.is_some() {
                 let mut c = Change::new(Op::Attr, jpath(rel));
-                c.mode = mode.map(|_| md.mode() & 0o7777);
-                c.mtime_ns = mtime.map(|_| md.mtime() * 1_000_000_000 + md.mtime_nsec());
+                c.mode = mode.map(|_| md.st_mode & 0o7777);
+                c.mtime_ns = mtime.map(|_| md.st_mtime * 1_000_000_000 + md.st_mtime_nsec);
                 self.record(c)?;
             }
         }
@@ -647,15 +645,62 @@ impl DriftFs {
         Ok(attr_of(ino, &md))
     }
 
-    fn mkdir_impl(&self, parent: u64, name: &OsStr, mode: u32, umask: u32) -> FsResult<FileAttr> {
+    /// Makes a new entry what the caller asked for. The mode: the kernel
+    /// sends the caller's mode and umask, but creating applied this
+    /// process's umask as well, so the mode is set exactly. The owner
+    /// (when [`chown_new`](Self::chown_new)): the caller's uid, and its
+    /// gid or, under a set-group-ID directory, the directory's, as a local
+    /// filesystem does. Ownership first: chown clears set-ID bits.
+    fn own_new(&self, req: &Request, parent: &Path, rel: &Path, file: Option<&File>, want: u32) -> FsResult<libc::stat> {
+        if self.chown_new {
+            let pst = self.root.stat(parent).map_err(errno)?;
+            let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { req.gid() };
+            match file {
+                Some(f) => std::os::unix::fs::fchown(f, Some(req.uid()), Some(gid)),
+                None => self.root.chown(rel, Some(req.uid()), Some(gid)),
+            }
+            .map_err(errno)?;
+        }
+        let st = match file {
+            Some(f) => at::fstat(f),
+            None => self.root.stat(rel),
+        }
+        .map_err(errno)?;
+        // A directory made in a set-group-ID directory inherits the bit,
+        // as it does on a local filesystem.
+        let want = if file.is_none() { want | (st.st_mode & libc::S_ISGID) } else { want };
+        if st.st_mode & 0o7777 == want {
+            return Ok(st);
+        }
+        match file {
+            Some(f) => fchmod(f, want),
+            None => self.root.chmod(rel, want),
+        }
+        .map_err(errno)?;
+        match file {
+            Some(f) => at::fstat(f),
+            None => self.root.stat(rel),
+        }
+        .map_err(errno)
+    }
+
+    fn mkdir_impl(&self, req: &Request, parent: u64, name: &OsStr, mode: u32, umask: u32) -> FsResult<FileAttr> {
         self.writable()?;
         let mut inodes = self.write_inodes();
+        let parent_rel = inodes.path(parent)?;
         let rel = Self::child(&inodes, parent, name)?;
-        let full = self.full(&rel);
-        std::fs::DirBuilder::new().mode(mode & !umask & 0o7777).create(&full).map_err(errno)?;
-        let md = std::fs::symlink_metadata(&full).map_err(errno)?;
+        let want = mode & !umask & 0o7777;
+        self.root.mkdir(&rel, want).map_err(errno)?;
+        let md = match self.own_new(req, &parent_rel, &rel, None, want) {
+            Ok(md) => md,
+            Err(e) => {
+                // Not journaled, so not kept: the tree must match the journal.
+                let _ = self.root.remove(&rel, true);
+                return Err(e);
+            }
+        };
         let mut c = Change::new(Op::Mkdir, jpath(&rel));
-        c.mode = Some(md.mode() & 0o7777);
+        c.mode = Some(md.st_mode & 0o7777);
         self.record(c)?;
         self.sync_dir(&rel);
         let ino = inodes.remember(&rel);
@@ -666,12 +711,7 @@ impl DriftFs {
         self.writable()?;
         let mut inodes = self.write_inodes();
         let rel = Self::child(&inodes, parent, name)?;
-        let full = self.full(&rel);
-        if dir {
-            std::fs::remove_dir(&full).map_err(errno)?;
-        } else {
-            std::fs::remove_file(&full).map_err(errno)?;
-        }
+        self.root.remove(&rel, dir).map_err(errno)?;
         self.record(Change::new(if dir { Op::Rmdir } else { Op::Unlink }, jpath(&rel)))?;
         self.sync_dir(&rel);
         inodes.detach(&rel);
@@ -694,13 +734,7 @@ impl DriftFs {
         let mut inodes = self.write_inodes();
         let from = Self::child(&inodes, parent, name)?;
         let to = Self::child(&inodes, newparent, newname)?;
-        let (cf, ct) = (cpath(&self.full(&from))?, cpath(&self.full(&to))?);
-        let r = unsafe {
-            libc::renameat2(libc::AT_FDCWD, cf.as_ptr(), libc::AT_FDCWD, ct.as_ptr(), flags.bits())
-        };
-        if r != 0 {
-            return Err(errno(io::Error::last_os_error()));
-        }
+        self.root.rename(&from, &to, flags.bits()).map_err(errno)?;
         if from == to {
             return Ok(());
         }
@@ -733,7 +767,7 @@ impl DriftFs {
             return Ok(());
         }
         let changed = st.dirty
-            || match (st.baseline, handle.file.metadata()) {
+            || match (st.baseline, at::fstat(&*handle.file)) {
                 (Some(b), Ok(md)) => ctime(&md) != b,
                 _ => true,
             };
@@ -768,53 +802,87 @@ impl DriftFs {
         }
         let _content = write.then(|| self.content_lock(ino));
         let rel = self.read_inodes().path(ino)?;
-        let full = self.full(&rel);
         let flags = req_flags & !(libc::O_CREAT | libc::O_EXCL);
         // Read-write when we can (to hash at release); as asked otherwise
         // (a write-only file when not running as root).
-        let file = open_backing(&full, own_flags(flags), 0).or_else(|e| {
-            if e == Errno::EACCES { open_backing(&full, flags & !libc::O_APPEND, 0) } else { Err(e) }
-        })?;
+        let file = self.root.open_file(&rel, own_flags(flags), 0).or_else(|e| {
+            if e.raw_os_error() == Some(libc::EACCES) { self.root.open_file(&rel, flags & !libc::O_APPEND, 0) } else { Err(e) }
+        }).map_err(errno)?;
         let pass = if self.passthrough() {
-            match self.passthrough_backing(ino, &full, None, |f| reply.open_backing(f)) {
+            match self.passthrough_backing(ino, &rel, None, |f| reply.open_backing(f)) {
                 Ok(id) => Some(id),
                 Err(e) => {
-                    debug!("passthrough refused for {}: {e:?}", full.display());
+                    // Reads then go through the daemon, several times slower
+                    // for cold files: say so once where an operator looks.
+                    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(path = %jpath(&rel), error = %e, "the kernel refused passthrough for a file; its reads and writes go through the daemon (slower); later refusals are logged at debug");
+                    } else {
+                        debug!("passthrough refused for {}: {e}", jpath(&rel));
+                    }
                     None
                 }
             }
         } else {
             None
         };
+        if pass.is_none() && acc != libc::O_WRONLY {
+            // We serve this file's reads ourselves, in the order the
+            // kernel's readahead asks for them: mostly sequential, so the
+            // backing file may read further ahead (best effort).
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+        }
         let fh = self.add_handle(ino, file, write, trunc, None, pass.clone())?;
         Ok((fh, pass))
     }
 
     fn create_impl(
         &self,
+        req: &Request,
         parent: u64,
         name: &OsStr,
-        mode: u32,
-        umask: u32,
+        want: u32,
         flags: i32,
         reply: &ReplyCreate,
     ) -> FsResult<(FileAttr, u64, Option<Arc<BackingId>>)> {
         self.writable()?;
         let mut inodes = self.write_inodes();
+        let parent_rel = inodes.path(parent)?;
         let rel = Self::child(&inodes, parent, name)?;
-        let full = self.full(&rel);
-        let own = own_flags(flags) | libc::O_CREAT;
-        let file = open_backing(&full, own, mode & !umask & 0o7777)?;
-        let md = file.metadata().map_err(errno)?;
+        // Exclusive, so that only a file made here gets the caller's mode
+        // and owner. The kernel asks to create a name it believes absent;
+        // if it appeared meanwhile in the backing directory, it is opened
+        // as it is (unless the caller asked for O_EXCL too).
+        let own = own_flags(flags) | libc::O_CREAT | libc::O_EXCL;
+        let (file, made) = match self.root.open_file(&rel, own, want) {
+            Ok(f) => (f, true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                (self.root.open_file(&rel, own & !(libc::O_CREAT | libc::O_EXCL), 0).map_err(errno)?, false)
+            }
+            Err(e) => return Err(errno(e)),
+        };
+        let md = if made {
+            match self.own_new(req, &parent_rel, &rel, Some(&file), want) {
+                Ok(md) => md,
+                Err(e) => {
+                    // Not journaled, so not kept: the tree must match the journal.
+                    let _ = self.root.remove(&rel, false);
+                    return Err(e);
+                }
+            }
+        } else {
+            at::fstat(&file).map_err(errno)?
+        };
         let ino = inodes.remember(&rel);
         drop(inodes);
         let pass = if self.passthrough() {
             // Our descriptor is read-write and never appends (own_flags).
-            self.passthrough_backing(ino, &full, Some(&file), |f| reply.open_backing(f)).ok()
+            self.passthrough_backing(ino, &rel, Some(&file), |f| reply.open_backing(f)).ok()
         } else {
             None
         };
-        let fh = self.add_handle(ino, file, true, true, Some(&md), pass.clone())?;
+        let changed = made || flags & libc::O_TRUNC != 0;
+        let fh = self.add_handle(ino, file, true, changed, Some(&md), pass.clone())?;
         Ok((attr_of(ino, &md), fh, pass))
     }
 
@@ -824,15 +892,22 @@ impl DriftFs {
             (ino, FileType::Directory, OsString::from(".")),
             (ino, FileType::Directory, OsString::from("..")),
         ];
-        for ent in std::fs::read_dir(self.full(&rel)).map_err(errno)? {
-            let ent = ent.map_err(errno)?;
-            let kind = ent
-                .file_type()
-                .ok()
-                .and_then(FileType::from_std)
-                .unwrap_or(FileType::RegularFile);
-            use std::os::unix::fs::DirEntryExt;
-            entries.push((ent.ino(), kind, ent.file_name()));
+        for ent in self.root.list(&rel).map_err(errno)? {
+            let kind = match ent.kind {
+                libc::DT_UNKNOWN => match self.root.stat(&rel.join(&ent.name)) {
+                    Ok(st) => kind_of(st.st_mode),
+                    // Gone since the listing was read.
+                    Err(_) => continue,
+                },
+                libc::DT_DIR => FileType::Directory,
+                libc::DT_LNK => FileType::Symlink,
+                libc::DT_CHR => FileType::CharDevice,
+                libc::DT_BLK => FileType::BlockDevice,
+                libc::DT_FIFO => FileType::NamedPipe,
+                libc::DT_SOCK => FileType::Socket,
+                _ => FileType::RegularFile,
+            };
+            entries.push((ent.ino, kind, ent.name));
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.dirs).insert(fh, DirHandle { entries });
@@ -871,11 +946,16 @@ impl Filesystem for DriftFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let md = match fh.and_then(|fh| self.handle_file(fh).ok()) {
-            Some((_, f)) => f.metadata().map_err(errno),
-            None => self
-                .read_inodes()
-                .path(ino.0)
-                .and_then(|rel| std::fs::symlink_metadata(self.full(&rel)).map_err(errno)),
+            Some((_, f)) => at::fstat(&*f).map_err(errno),
+            None => match self.read_inodes().path(ino.0) {
+                Ok(rel) => self.root.stat(&rel).map_err(errno),
+                // Unlinked while open: fstat(2) reaches us without the
+                // handle, but the file lives on in its open handles.
+                Err(e) => match self.any_handle(ino.0) {
+                    Some((_, f)) => at::fstat(&*f).map_err(errno),
+                    None => Err(e),
+                },
+            },
         };
         match md { Ok(md) => reply.attr(&TTL, &attr_of(ino.0, &md)), Err(e) => reply.error(e) };
     }
@@ -902,11 +982,8 @@ impl Filesystem for DriftFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let r = self
-            .read_inodes()
-            .path(ino.0)
-            .and_then(|rel| std::fs::read_link(self.full(&rel)).map_err(errno));
-        match r { Ok(t) => reply.data(t.as_os_str().as_bytes()), Err(e) => reply.error(e) };
+        let r = self.read_inodes().path(ino.0).and_then(|rel| self.root.readlink(&rel).map_err(errno));
+        match r { Ok(t) => reply.data(&t), Err(e) => reply.error(e) };
     }
 
     fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _r: u32, reply: ReplyEntry) {
@@ -914,8 +991,8 @@ impl Filesystem for DriftFs {
         reply.error(Errno::EPERM);
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        match self.mkdir_impl(parent.0, name, mode, umask) { Ok(a) => reply.entry(&TTL, &a, Generation(0)), Err(e) => reply.error(e) };
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        match self.mkdir_impl(req, parent.0, name, mode, umask) { Ok(a) => reply.entry(&TTL, &a, Generation(0)), Err(e) => reply.error(e) };
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1056,18 +1133,12 @@ impl Filesystem for DriftFs {
         let r = self
             .read_inodes()
             .path(ino.0)
-            .and_then(|rel| File::open(self.full(&rel)).and_then(|f| f.sync_all()).map_err(errno));
+            .and_then(|rel| self.root.sync_dir(&rel).map_err(errno));
         match r { Ok(()) => reply.ok(), Err(e) => reply.error(e) };
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let r = cpath(&self.backing).and_then(|c| {
-            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-            if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-                return Err(errno(io::Error::last_os_error()));
-            }
-            Ok(st)
-        });
+        let r = self.root.statvfs().map_err(errno);
         match r { Ok(st) => {
                 reply.statfs(
                     st.f_blocks,
@@ -1084,7 +1155,7 @@ impl Filesystem for DriftFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -1092,7 +1163,8 @@ impl Filesystem for DriftFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.create_impl(parent.0, name, mode, umask, flags, &reply) {
+        // The mode the caller asked for, minus the caller's umask.
+        match self.create_impl(req, parent.0, name, mode & !umask & 0o7777, flags, &reply) {
             Ok((attr, fh, Some(id))) => {
                 reply.created_passthrough(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty(), &id)
             }

@@ -28,12 +28,13 @@ const VERSION: i64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal {path}")]
-    Sqlite {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
+    // rusqlite's error repeats its own message in its source (`unable to
+    // open database file` twice), so the chain stops here and the message
+    // is printed once.
+    #[error("journal {path}: {}", sqlite_message(source))]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("journal {path}: cannot open it")]
+    Open { path: PathBuf, #[source] source: std::io::Error },
     #[error("{0} does not exist")]
     Missing(PathBuf),
     #[error("{0} is not a drift journal")]
@@ -42,6 +43,41 @@ pub enum JournalError {
     Version { path: PathBuf, found: i64 },
     #[error("journal {path}: entry {seq} is malformed: {why}")]
     Malformed { path: PathBuf, seq: u64, why: String },
+}
+
+/// SQLite's own description of an error, without rusqlite's repetition.
+fn sqlite_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// SQLite says only "unable to open database file"; the operating
+/// system's reason (a directory, no permission, a missing parent) is found
+/// by opening the file the same way ourselves.
+fn open_error(path: &Path, e: rusqlite::Error) -> JournalError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        if f.code == rusqlite::ErrorCode::CannotOpen {
+            let existed = path.exists();
+            let probe = std::fs::OpenOptions::new().read(true).write(true).create(!existed).truncate(false).open(path);
+            let reason = match probe {
+                Err(io) => Some(io),
+                Ok(_) if path.is_dir() => Some(std::io::Error::from_raw_os_error(libc::EISDIR)),
+                Ok(_) => {
+                    // The probe must not leave a file SQLite did not make.
+                    if !existed {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    None
+                }
+            };
+            if let Some(source) = reason {
+                return JournalError::Open { path: path.to_owned(), source };
+            }
+        }
+    }
+    JournalError::Sqlite { path: path.to_owned(), source: e }
 }
 
 /// How hard the journal (and the filesystem above it) works to survive a
@@ -235,7 +271,7 @@ impl Journal {
             return Ok(j);
         }
         let sq = |source| JournalError::Sqlite { path: path.to_owned(), source };
-        let conn = Connection::open(path).map_err(sq)?;
+        let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sq)?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
         conn.execute(
@@ -259,7 +295,7 @@ impl Journal {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(sq)?;
+        .map_err(|e| open_error(path, e))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sq)?;
         let format: Option<String> = match conn
             .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get(0))

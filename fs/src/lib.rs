@@ -17,16 +17,21 @@
 //! - [`replay`]: applying a journal onto another directory.
 //! - [`verify`]: comparing a backing tree with what its journal says.
 //! - [`digest`]: one BLAKE3 over a whole tree, for comparing trees.
+//! - [`fusedev`]: checking the FUSE device before mounting.
+//! - [`readahead`]: the mount's readahead window.
 
+mod at;
 mod fs;
 pub mod blobs;
 pub mod digest;
+pub mod fusedev;
 pub mod hash;
 pub mod hints;
 pub mod journal;
 pub mod lookup;
 pub mod model;
 pub mod mount;
+pub mod readahead;
 pub mod replay;
 pub mod verify;
 

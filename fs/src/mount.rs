@@ -20,18 +20,26 @@ pub enum FsError {
     MountpointMissing(PathBuf),
     #[error("mountpoint {0}: not a directory")]
     MountpointNotDir(PathBuf),
-    #[error("mountpoint {0}: busy (something is already mounted there)")]
-    MountpointBusy(PathBuf),
+    #[error("mountpoint {path}: busy ({what} is mounted there; unmount it first)")]
+    MountpointBusy { path: PathBuf, what: String },
+    #[error("mountpoint {path}: a dead {what} mount (not drift's) is there; unmount it first (umount -l {path})")]
+    MountpointDeadForeign { path: PathBuf, what: String },
+    #[error("mountpoint {path}: cannot detach the dead drift mount left there")]
+    DetachDead { path: PathBuf, #[source] source: std::io::Error },
+    #[error(transparent)]
+    Device(#[from] crate::fusedev::DeviceError),
     #[error("{what} {inner} lies inside {outer_what} {outer}; they must be apart")]
     Nested { what: &'static str, inner: PathBuf, outer_what: &'static str, outer: PathBuf },
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("mounting {path}")]
+    #[error("mounting on {path}")]
     Mount { path: PathBuf, #[source] source: std::io::Error },
     #[error("unmounting {path}")]
     Unmount { path: PathBuf, #[source] source: std::io::Error },
     #[error("{path}")]
     Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("journal directory {path}")]
+    JournalDir { path: PathBuf, #[source] source: std::io::Error },
 }
 
 /// What to mount where. Build with [`MountConfig::new`] and adjust.
@@ -48,7 +56,11 @@ pub struct MountConfig {
     pub threads: usize,
     /// Let users other than the mounting one use the mount (the kernel
     /// then checks permission bits). Off by default: the node's FTP server
-    /// runs as the mounting user and is the mount's only client.
+    /// runs as the mounting user and is the mount's only client. When on
+    /// and drift runs as root, a new file or directory belongs to the user
+    /// who made it (its uid; its gid, or the parent's under a set-group-ID
+    /// directory), as on a local filesystem; otherwise new entries belong
+    /// to the user running drift.
     pub allow_other: bool,
 }
 
@@ -89,12 +101,51 @@ fn canonical_dir(
     std::fs::canonicalize(p).map_err(|e| FsError::Io { path: p.to_owned(), source: e })
 }
 
+/// One line of /proc/self/mountinfo, the fields drift looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountEntry {
+    point: Vec<u8>,
+    fstype: String,
+    source: String,
+}
+
+impl MountEntry {
+    /// Mounted by drift: as root drift mounts with fstype `fuse` and the
+    /// source `drift:BACKING`; through fusermount3 the fstype is
+    /// `fuse.drift`.
+    fn is_drift(&self) -> bool {
+        self.fstype == "fuse.drift" || (self.fstype.starts_with("fuse") && self.source.starts_with("drift:"))
+    }
+
+    fn describe(&self) -> String {
+        format!("a {} filesystem from {}", self.fstype, self.source)
+    }
+}
+
+/// Parses mountinfo text: "ID PARENT MAJ:MIN ROOT POINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER".
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let point = unescape_mountinfo(fields.get(4)?);
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fstype = String::from_utf8_lossy(&unescape_mountinfo(fields.get(sep + 1)?)).into_owned();
+            let source = String::from_utf8_lossy(&unescape_mountinfo(fields.get(sep + 2)?)).into_owned();
+            Some(MountEntry { point, fstype, source })
+        })
+        .collect()
+}
+
+/// The mounts on `p` (canonical), bottom first: the last one is what a
+/// lookup of `p` sees.
+fn mounts_at(p: &Path) -> Vec<MountEntry> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    parse_mountinfo(&info).into_iter().filter(|e| e.point == p.as_os_str().as_encoded_bytes()).collect()
+}
+
 /// Is `p` (canonical) a mount point right now?
 pub fn is_mountpoint(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    info.lines().any(|l| {
-        l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(p.as_os_str().as_encoded_bytes())
-    })
+    !mounts_at(p).is_empty()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -112,6 +163,76 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Every access to a FUSE mount whose daemon died fails with ENOTCONN.
+fn is_dead(p: &Path) -> bool {
+    matches!(std::fs::symlink_metadata(p), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// The canonical form of a mountpoint that may be a dead FUSE mount, on
+/// which canonicalize itself fails (ENOTCONN): the parent's canonical
+/// form plus the name. Other failures are left to [`canonical_dir`],
+/// which names them.
+fn mountpoint_path(p: &Path) -> Result<PathBuf, FsError> {
+    match std::fs::canonicalize(p) {
+        Ok(c) => Ok(c),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let Some(name) = p.file_name() else { return Err(FsError::Io { path: p.to_owned(), source: e }) };
+            let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let parent = std::fs::canonicalize(parent).map_err(|source| FsError::Io { path: parent.to_owned(), source })?;
+            Ok(parent.join(name))
+        }
+        Err(_) => Ok(p.to_owned()),
+    }
+}
+
+/// Detaches the mount on `p` lazily: umount2(MNT_DETACH) as root,
+/// `fusermount3 -u -z` otherwise (the setuid helper that mounted it).
+fn detach(p: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    let out = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(p).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "fusermount3 -u -z failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// A process killed while serving a mount (SIGKILL, the OOM killer)
+/// leaves its mount behind, dead. A dead drift mount on `p` is detached
+/// (with a log line) so that `p` can be mounted again; anything else
+/// mounted on `p`, live or dead, is refused.
+fn clear_dead_mounts(p: &Path) -> Result<(), FsError> {
+    // Several killed runs may have left dead mounts stacked on one name;
+    // each pass removes one, and the bound guards against a mount table
+    // that does not change.
+    for _ in 0..16 {
+        let Some(top) = mounts_at(p).pop() else { return Ok(()) };
+        if !is_dead(p) {
+            return Err(FsError::MountpointBusy { path: p.to_owned(), what: top.describe() });
+        }
+        if !top.is_drift() {
+            return Err(FsError::MountpointDeadForeign { path: p.to_owned(), what: top.fstype });
+        }
+        detach(p).map_err(|source| FsError::DetachDead { path: p.to_owned(), source })?;
+        warn!(mountpoint = %p.display(), source = %top.source, "detached a dead drift mount left by a killed process");
+    }
+    match mounts_at(p).pop() {
+        None => Ok(()),
+        Some(top) => Err(FsError::MountpointBusy { path: p.to_owned(), what: top.describe() }),
+    }
 }
 
 /// A new journal over a backing directory that already holds files
@@ -151,9 +272,10 @@ impl Mount {
     /// mounts. Returns once the kernel has the mount.
     pub fn spawn(cfg: MountConfig) -> Result<Mount, FsError> {
         let backing = canonical_dir(&cfg.backing, FsError::BackingMissing, FsError::BackingNotDir)?;
+        clear_dead_mounts(&mountpoint_path(&cfg.mountpoint)?)?;
         let mountpoint = canonical_dir(&cfg.mountpoint, FsError::MountpointMissing, FsError::MountpointNotDir)?;
-        if is_mountpoint(&mountpoint) {
-            return Err(FsError::MountpointBusy(mountpoint));
+        if let Some(top) = mounts_at(&mountpoint).pop() {
+            return Err(FsError::MountpointBusy { path: mountpoint, what: top.describe() });
         }
         if mountpoint.starts_with(&backing) {
             return Err(FsError::Nested { what: "mountpoint", inner: mountpoint, outer_what: "backing directory", outer: backing });
@@ -167,7 +289,7 @@ impl Mount {
             .journal
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
-            .map(|p| std::fs::canonicalize(p).map_err(|e| FsError::Io { path: p.to_owned(), source: e }))
+            .map(|p| std::fs::canonicalize(p).map_err(|e| FsError::JournalDir { path: p.to_owned(), source: e }))
             .transpose()?
             .unwrap_or(std::env::current_dir().map_err(|e| FsError::Io { path: ".".into(), source: e })?);
         for (outer_what, outer) in [("mountpoint", &mountpoint), ("backing directory", &backing)] {
@@ -175,6 +297,9 @@ impl Mount {
                 return Err(FsError::Nested { what: "journal", inner: cfg.journal.clone(), outer_what, outer: outer.clone() });
             }
         }
+        // Before the journal is created: a mount that cannot happen must
+        // leave nothing behind.
+        crate::fusedev::check()?;
         let fresh = !cfg.journal.exists();
         let journal = Arc::new(Journal::create(&cfg.journal, cfg.sync)?);
         if fresh {
@@ -182,7 +307,11 @@ impl Mount {
         }
 
         let hints = Arc::new(ContentHints::default());
-        let fs = DriftFs::new(backing.clone(), journal.clone(), hints.clone(), cfg.sync, cfg.passthrough);
+        let root = crate::at::Root::open(&backing).map_err(|source| FsError::Io { path: backing.clone(), source })?;
+        // With others allowed in, new entries belong to whoever made them,
+        // as on a local filesystem; only root can give files away.
+        let chown_new = cfg.allow_other && unsafe { libc::geteuid() } == 0;
+        let fs = DriftFs::new(root, journal.clone(), hints.clone(), cfg.sync, cfg.passthrough, chown_new);
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName(format!("drift:{}", backing.display())),
@@ -200,6 +329,7 @@ impl Mount {
         config.clone_fd = true;
         let session = fuser::spawn_mount(fs, &mountpoint, &config)
             .map_err(|source| FsError::Mount { path: mountpoint.clone(), source })?;
+        crate::readahead::match_backing(&mountpoint, &backing);
         info!(backing = %backing.display(), mountpoint = %mountpoint.display(), journal = %cfg.journal.display(), "mounted");
         Ok(Mount { session: Some(session), journal, hints, mountpoint })
     }

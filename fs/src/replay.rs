@@ -27,6 +27,8 @@ pub enum ReplayError {
     Blob { seq: u64, op: Op, path: String, #[source] source: BlobError },
     #[error("{path}")]
     Io { path: PathBuf, #[source] source: io::Error },
+    #[error("{dest} holds a replay of another journal (id {theirs}, up to seq {seq}), not of this one (id {ours}); replaying would mix two trees, so nothing was changed; replay into an empty directory instead")]
+    OtherJournal { dest: PathBuf, theirs: String, seq: u64, ours: String },
 }
 
 /// Turns a journal path ("/a/b") into a path below `root`, refusing
@@ -97,7 +99,10 @@ pub fn replay(journal: &Journal, blobs: &BlobStore, dest: &Path, from: u64, unti
     let id = journal.id()?;
     let done = match read_marker(dest) {
         Some((marker_id, seq)) if marker_id == id => seq,
-        _ => 0,
+        Some((theirs, seq)) => {
+            return Err(ReplayError::OtherJournal { dest: dest.to_owned(), theirs, seq, ours: id });
+        }
+        None => 0,
     };
     let mut already = 0;
     let entries: Vec<Entry> = journal

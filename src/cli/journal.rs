@@ -79,7 +79,8 @@ Files changed outside the journal are reported and skipped.")]
     #[command(after_help = "Idempotent: the destination remembers (in an extended attribute, \
 user.drift.replayed) which journal was replayed onto it and up to which seq, so running the \
 same replay again, or again after an interruption, continues where the last one stopped. \
-Writes whose content a later entry in the range replaces or deletes are skipped. A needed \
+A destination that holds a replay of a different journal is refused (exit 1, nothing \
+changed): two journals' trees cannot be mixed. Writes whose content a later entry in the range replaces or deletes are skipped. A needed \
 blob that is missing or corrupt stops the replay with an error naming the entry; nothing of \
 that entry is applied. The destination belongs to the replay: do not change it by hand.")]
     Replay {

@@ -20,7 +20,13 @@ and chmod/utimens (`attr`). Inspect it with `drift journal list --journal FILE`.
 
 Symbolic links, hard links and device nodes cannot be created through the mount \
 (EPERM); existing symlinks in the backing directory are shown as they are. \
-Ownership changes are applied but not journaled.")]
+Ownership changes are applied but not journaled. A new file or directory gets exactly \
+the mode its creator asked for minus the creator's umask (drift's own umask does not \
+apply).
+
+If an earlier drift process on MOUNTPOINT was killed (SIGKILL, out of memory), its dead \
+mount (\"Transport endpoint is not connected\") is detached, with a log line, and the \
+journal continues where it stopped. Anything else mounted on MOUNTPOINT is refused.")]
 pub struct MountArgs {
     /// Directory whose content the mount shows (must exist).
     pub backing: PathBuf,
@@ -41,6 +47,9 @@ pub struct MountArgs {
     pub no_passthrough: bool,
     /// Let users other than the one running drift use the mount (the
     /// kernel then enforces permission bits; costs some metadata speed).
+    /// When drift runs as root, what a user creates belongs to that user
+    /// (and to their group, or the directory's under a set-group-ID
+    /// directory), as on a local filesystem; otherwise to drift's user.
     #[arg(long)]
     pub allow_other: bool,
     /// FUSE worker threads.

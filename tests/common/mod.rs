@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cmd_node;
+pub mod fs_restart;
 pub mod node;
 pub mod ops_node;
 
