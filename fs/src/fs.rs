@@ -816,9 +816,9 @@ impl DriftFs {
                     // for cold files: say so once where an operator looks.
                     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
                     if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        tracing::warn!(path = %jpath(&rel), error = %e, "the kernel refused passthrough for a file; its reads and writes go through the daemon (slower); later refusals are logged at debug");
+                        tracing::warn!(path = %jpath(&rel), error = ?e, "the kernel refused passthrough for a file; its reads and writes go through the daemon (slower); later refusals are logged at debug");
                     } else {
-                        debug!("passthrough refused for {}: {e}", jpath(&rel));
+                        debug!("passthrough refused for {}: {e:?}", jpath(&rel));
                     }
                     None
                 }
