@@ -205,12 +205,17 @@ where
     // connection and its session slot were never released. Now:
     // - while a handler runs, the loop keeps draining the channel into
     //   `pending`, so no send can block on the loop;
-    // - a queued message is handled before the next command is read, so
-    //   each command's replies are written before the next command runs.
+    // - a queued message is handled before the next command is read;
+    // - a handler that answers `Reply::none()` answers through a message
+    //   (some from a task they spawn: RNFR, MD5, STAT), so after one the
+    //   next command is read only once a message has been handled. Each
+    //   command is thus answered before the next one runs, as in vsftpd
+    //   (`RNFR a` `RNTO b` pipelined renamed nothing before).
     let jh = tokio::spawn(async move {
         // The control channel event loop
         slog::info!(logger, "Starting control loop");
         let mut pending: VecDeque<ControlChanMsg> = VecDeque::new();
+        let mut awaiting_reply = false;
         loop {
             let incoming = match pending.pop_front() {
                 Some(msg) => Some(Ok(Event::InternalMsg(msg))),
@@ -228,7 +233,7 @@ where
                             let _ = reply_sink.send(Reply::new(ReplyCode::ServiceNotAvailable, "Service closing control connection (server shutting down).")).await;
                             Some(Ok(Event::InternalMsg(ControlChanMsg::ExitControlLoop)))
                         }
-                        cmd = command_source.next() => match cmd {
+                        cmd = command_source.next(), if !awaiting_reply => match cmd {
                             Some(Ok(Ok(cmd))) => Some(Ok(Event::Command(cmd))),
                             Some(Ok(Err(parse_error))) => Some(Err(parse_error)),
                             Some(Err(e)) => Some(Err(e)),
@@ -314,6 +319,10 @@ where
 
                     // TODO: Handle Event::InternalMsg(InternalMsg::PlaintextControlChannel)
 
+                    let is_command = matches!(event, Event::Command(_));
+                    if !is_command {
+                        awaiting_reply = false;
+                    }
                     // drift patch: drain the message channel while the
                     // handler runs (see the comment above the loop).
                     let handled = {
@@ -328,7 +337,10 @@ where
                         }
                     };
                     let (reply, close) = match handled {
-                        Ok(reply) => (reply, false),
+                        Ok(reply) => {
+                            awaiting_reply = is_command && matches!(reply, Reply::None);
+                            (reply, false)
+                        }
                         Err(e) => handle_control_channel_error(&logger, e),
                     };
                     if let Err(e) = reply_sink.send(reply).await {
