@@ -125,6 +125,7 @@ local_enable=NO
 write_enable=YES
 anon_upload_enable=YES
 anon_other_write_enable=YES
+anon_mkdir_write_enable=YES
 anon_umask=022
 anon_root={root}
 no_anon_password=YES

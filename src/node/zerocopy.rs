@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Bytes asked of one `sendfile` call. On loopback (BENCHMARKS.md, "drift
@@ -34,11 +35,29 @@ const POLL_SLICE: Duration = Duration::from_millis(200);
 /// The node's zero-copy transfer threads, which the runtime cannot
 /// cancel: told when the node stops, and counted, so the node can wait for
 /// them (and their open files) before it unmounts.
+///
+/// Threads are kept for [`IDLE_KEEP`] after a transfer and reused: a
+/// small file's transfer is a few hundred microseconds, and starting a
+/// thread for each one was a visible part of it.
 #[derive(Debug, Default)]
 pub struct Transfers {
     stopping: AtomicBool,
     live: std::sync::atomic::AtomicUsize,
+    idle: Mutex<IdleThreads>,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Debug, Default)]
+struct IdleThreads {
+    next_id: u64,
+    waiting: Vec<(u64, std::sync::mpsc::Sender<Job>)>,
+}
+
+/// How long an idle transfer thread waits for the next transfer.
+const IDLE_KEEP: Duration = Duration::from_secs(20);
+/// Idle transfer threads kept at most; more exit after their transfer.
+const MAX_IDLE: usize = 16;
 
 impl Transfers {
     /// Tells every transfer loop to give up at its next step.
@@ -50,8 +69,12 @@ impl Transfers {
         &self.stopping
     }
 
-    /// Runs `f` on a new thread counted as a live transfer; `done` gets its
-    /// result.
+    fn idle(&self) -> std::sync::MutexGuard<'_, IdleThreads> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on a transfer thread (an idle one, else a new one),
+    /// counted as a live transfer; `done` gets its result.
     pub fn spawn<T: Send + 'static>(
         self: &std::sync::Arc<Self>,
         f: impl FnOnce() -> T + Send + 'static,
@@ -65,11 +88,61 @@ impl Transfers {
         }
         self.live.fetch_add(1, Ordering::AcqRel);
         let live = Live(self.clone());
-        std::thread::Builder::new().name("drift-xfer".into()).spawn(move || {
+        let mut job: Job = Box::new(move || {
             let _live = live;
             done(f());
+        });
+        loop {
+            let Some((_, tx)) = self.idle().waiting.pop() else { break };
+            // A thread that popped itself is never handed a job, so a
+            // send fails only if it died; try the next one.
+            match tx.send(job) {
+                Ok(()) => return Ok(()),
+                Err(std::sync::mpsc::SendError(j)) => job = j,
+            }
+        }
+        let pool = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new().name("drift-xfer".into()).spawn(move || {
+            job();
+            while let Some(next) = Transfers::wait_for_job(&pool) {
+                next();
+            }
         })?;
         Ok(())
+    }
+
+    /// Parks the calling transfer thread as idle until it is given a job
+    /// (`Some`) or should exit (`None`).
+    fn wait_for_job(pool: &std::sync::Weak<Transfers>) -> Option<Job> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let id = {
+            let pool = pool.upgrade()?;
+            if pool.stopping.load(Ordering::Relaxed) {
+                return None;
+            }
+            let mut idle = pool.idle();
+            if idle.waiting.len() >= MAX_IDLE {
+                return None;
+            }
+            idle.next_id += 1;
+            let id = idle.next_id;
+            idle.waiting.push((id, tx));
+            id
+        };
+        match rx.recv_timeout(IDLE_KEEP) {
+            Ok(job) => Some(job),
+            Err(_) => {
+                let pool = pool.upgrade()?;
+                let mut idle = pool.idle();
+                if let Some(i) = idle.waiting.iter().position(|(w, _)| *w == id) {
+                    idle.waiting.swap_remove(i);
+                    return None;
+                }
+                // Taken by `spawn` just now: its job is on the way.
+                drop(idle);
+                rx.recv().ok()
+            }
+        }
     }
 
     /// Waits (bounded) until no transfer thread is left; false on timeout.
@@ -450,6 +523,42 @@ mod tests {
         let (s, _) = l.accept().unwrap();
         s.set_nonblocking(true).unwrap();
         (s, c)
+    }
+
+    #[test]
+    fn transfer_threads_are_reused_and_counted() {
+        let t = std::sync::Arc::new(Transfers::default());
+        let run = |t: &std::sync::Arc<Transfers>| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            t.spawn(|| std::thread::current().id(), move |id| tx.send(id).unwrap()).unwrap();
+            rx.recv().unwrap()
+        };
+        let first = run(&t);
+        assert!(t.wait_idle(Duration::from_secs(5)), "a finished transfer still counts as live");
+        // The thread parks itself as idle right after its job; wait for it.
+        assert!(eventually(|| !t.idle().waiting.is_empty()));
+        assert_eq!(run(&t), first, "the idle thread was not reused");
+        // Two at once need two threads.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gate = std::sync::Arc::new(std::sync::Barrier::new(2));
+        for _ in 0..2 {
+            let (tx, gate) = (tx.clone(), gate.clone());
+            t.spawn(move || { gate.wait(); std::thread::current().id() }, move |id| tx.send(id).unwrap()).unwrap();
+        }
+        let (a, b) = (rx.recv().unwrap(), rx.recv().unwrap());
+        assert_ne!(a, b);
+        assert!(t.wait_idle(Duration::from_secs(5)));
+    }
+
+    fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        cond()
     }
 
     fn pattern(len: usize) -> Vec<u8> {
