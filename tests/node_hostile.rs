@@ -243,6 +243,12 @@ fn sigterm_tells_clients_and_exits_promptly() {
     let mut node = node_with("");
     let mut idle = Raw::login(node.addr, "alice", "alice-pw-1");
     let (mut anonymous, _) = Raw::connect(node.addr);
+    // A download the client does not read: the transfer blocks on a full
+    // socket until the node stops it.
+    std::fs::write(node.backing.join("alice/big.bin"), data(64 << 20, 3)).unwrap();
+    let mut downloading = Ftp::login(node.addr, "alice", "alice-pw-1");
+    let _data = downloading.epsv();
+    assert_eq!(downloading.cmd("RETR big.bin").0, 150);
     let t0 = Instant::now();
     let status = node.stop();
     let took = t0.elapsed();
@@ -254,6 +260,7 @@ fn sigterm_tells_clients_and_exits_promptly() {
         }
         assert!(c.closed_within(SHORT), "{name} client still open");
     }
+    eprintln!("the node exited {took:?} after SIGTERM");
     assert!(took < Duration::from_millis(1500), "the node took {took:?} to exit after SIGTERM");
 }
 
