@@ -291,3 +291,29 @@ fn a_busy_listen_port_is_named() {
     assert!(err.contains("listen") && err.contains("service.toml"), "no hint how to choose another port: {err}");
     drop(taken);
 }
+
+/// Small transfers answer in about a millisecond, not after a delayed ACK
+/// (~40 ms each when the control connection used Nagle's algorithm: the
+/// 226 waited behind the unacknowledged 150). Median of 15 STOR and RETR
+/// of one byte, with a wide margin for debug builds on a busy machine.
+#[test]
+fn small_transfers_do_not_wait_for_delayed_acks() {
+    let node = node_with("");
+    let mut f = Ftp::login(node.addr, "alice", "alice-pw-1");
+    let mut stor = Vec::new();
+    let mut retr = Vec::new();
+    for i in 0..15 {
+        let t0 = Instant::now();
+        let (first, last) = f.stor(&format!("s{i}"), b"x");
+        stor.push(t0.elapsed());
+        assert_eq!((first.0, last.0), (150, 226));
+        let t0 = Instant::now();
+        assert_eq!(f.retr(&format!("s{i}")), (226, b"x".to_vec()));
+        retr.push(t0.elapsed());
+    }
+    stor.sort();
+    retr.sort();
+    let (s, r) = (stor[stor.len() / 2], retr[retr.len() / 2]);
+    eprintln!("median 1-byte STOR {s:?}, RETR {r:?}");
+    assert!(s < Duration::from_millis(20) && r < Duration::from_millis(20), "median STOR {s:?}, RETR {r:?}");
+}

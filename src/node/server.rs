@@ -160,7 +160,10 @@ impl Front {
         // Replies are small writes answering the client's last command;
         // with Nagle's algorithm a reply following an unacknowledged one
         // (150 then 226) waited for the client's delayed ACK, ~40 ms per
-        // transfer.
+        // transfer. Data connections need no such option: each ends with
+        // shutdown(), whose FIN pushes out whatever Nagle held back, and
+        // without it sendfile's sub-segment tails coalesce with the next
+        // chunk instead of going out as tiny packets.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY on the control connection");
         }

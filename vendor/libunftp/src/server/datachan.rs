@@ -676,11 +676,6 @@ where
     // We introduce a block scope here to keep the lock on the session minimal. We basically copy the needed info
     // out and then unlock.
 
-    // drift patch: no Nagle delay on the data connection: a small file's
-    // last segment (or a short listing) goes out at once.
-    if let Err(e) = socket.set_nodelay(true) {
-        slog::debug!(logger, "Could not set TCP_NODELAY on the data connection: {}", e);
-    }
     let command_executor = {
         let mut session = session_arc.lock().await;
 
