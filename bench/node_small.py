@@ -243,6 +243,7 @@ def main():
     print("\ncommands of the last round:")
     for k, (up_cmd, down_cmd) in runs.get("cmds", {}).items():
         print(f"  {LABELS[k]}:\n    {' '.join(up_cmd)}\n    {' '.join(down_cmd)}")
+    print(f"load average at end: {os.getloadavg()}")
     print("targets met" if ok else "targets NOT met")
     return 0 if ok else 1
 
