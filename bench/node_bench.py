@@ -125,6 +125,7 @@ local_enable=NO
 write_enable=YES
 anon_upload_enable=YES
 anon_other_write_enable=YES
+anon_mkdir_write_enable=YES
 anon_umask=022
 anon_root={root}
 no_anon_password=YES
@@ -201,7 +202,7 @@ def main():
         for i in range(args.size_mib):
             f.write(chunk[i % 256:] + chunk[:i % 256])
     print(f"file: {args.size_mib} MiB, {args.reps} runs per server, fsync_uploads = {args.fsync_uploads}, "
-          f"{os.cpu_count()} CPUs, kernel {os.uname().release}", flush=True)
+          f"{os.cpu_count()} CPUs, kernel {os.uname().release}, load average {os.getloadavg()}", flush=True)
 
     labels = {"a": "(a) drift node, FUSE", "b": "(b) drift node, plain", "c": "(c) vsftpd"}
     servers = {}
@@ -237,6 +238,7 @@ def main():
     ok = table("data transfer (what the targets are judged on)", medians("transfer"), True)
     table("whole curl command, for reference (includes login: drift checks an argon2 hash, vsftpd is anonymous)",
           medians("whole"), False)
+    print(f"load average at end: {os.getloadavg()}")
     print("targets met" if ok else "targets NOT met")
     return 0 if ok else 1
 

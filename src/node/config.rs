@@ -350,6 +350,11 @@ pub struct ServiceConfig {
     pub idle_timeout: Duration,
     pub max_sessions: usize,
     pub max_sessions_per_user: usize,
+    /// Control connections from one client address at a time.
+    pub max_sessions_per_address: usize,
+    /// Idle timeout of a connection that has not logged in (at most
+    /// `idle_timeout`).
+    pub login_timeout: Duration,
     pub filter: Filter,
     pub login: LoginPolicy,
     pub ftps: Option<Ftps>,
@@ -366,6 +371,8 @@ struct RawService {
     passive_host: Option<String>,
     #[serde(default = "default_idle")]
     idle_timeout_secs: u64,
+    #[serde(default = "default_login_timeout")]
+    login_timeout_secs: u64,
     #[serde(default)]
     sessions: RawSessions,
     #[serde(default)]
@@ -384,6 +391,9 @@ fn default_passive() -> [u16; 2] {
 fn default_idle() -> u64 {
     600
 }
+fn default_login_timeout() -> u64 {
+    30
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -392,12 +402,15 @@ struct RawSessions {
     max_total: usize,
     #[serde(default = "default_max_per_user")]
     max_per_user: usize,
+    #[serde(default = "default_max_per_address")]
+    max_per_address: usize,
 }
 impl Default for RawSessions {
     fn default() -> Self {
         RawSessions {
             max_total: default_max_total(),
             max_per_user: default_max_per_user(),
+            max_per_address: default_max_per_address(),
         }
     }
 }
@@ -405,6 +418,9 @@ fn default_max_total() -> usize {
     100
 }
 fn default_max_per_user() -> usize {
+    10
+}
+fn default_max_per_address() -> usize {
     10
 }
 
@@ -523,9 +539,14 @@ impl ServiceConfig {
         if raw.idle_timeout_secs == 0 || raw.idle_timeout_secs > 86_400 {
             return Err(invalid("idle_timeout_secs must be between 1 and 86400".into()));
         }
+        if raw.login_timeout_secs == 0 || raw.login_timeout_secs > 86_400 {
+            return Err(invalid("login_timeout_secs must be between 1 and 86400".into()));
+        }
         let sessions = raw.sessions;
-        if sessions.max_total == 0 || sessions.max_per_user == 0 {
-            return Err(invalid("sessions.max_total and sessions.max_per_user must be at least 1".into()));
+        if sessions.max_total == 0 || sessions.max_per_user == 0 || sessions.max_per_address == 0 {
+            return Err(invalid(
+                "sessions.max_total, sessions.max_per_user and sessions.max_per_address must be at least 1".into(),
+            ));
         }
         let allow = nets(&raw.filter.allow, "filter.allow").map_err(invalid)?;
         let deny = nets(&raw.filter.deny, "filter.deny").map_err(invalid)?;
@@ -604,6 +625,8 @@ impl ServiceConfig {
             idle_timeout: Duration::from_secs(raw.idle_timeout_secs),
             max_sessions: sessions.max_total,
             max_sessions_per_user: sessions.max_per_user,
+            max_sessions_per_address: sessions.max_per_address,
+            login_timeout: Duration::from_secs(raw.login_timeout_secs.min(raw.idle_timeout_secs)),
             filter,
             login: LoginPolicy {
                 max_failures: l.max_failures,
@@ -632,6 +655,16 @@ mod tests {
         assert_eq!(s.filter, Filter::Open);
         assert_eq!(s.login.max_failures, 5);
         assert!(s.ftps.is_none());
+        assert_eq!(s.max_sessions_per_address, 10);
+        assert_eq!(s.login_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn login_timeout_is_at_most_the_idle_timeout() {
+        let s = svc("listen = \"127.0.0.1:2121\"\nidle_timeout_secs = 10").unwrap();
+        assert_eq!(s.login_timeout, Duration::from_secs(10));
+        assert!(svc("listen = \"127.0.0.1:2121\"\nlogin_timeout_secs = 0").is_err());
+        assert!(svc("listen = \"127.0.0.1:2121\"\n[sessions]\nmax_per_address = 0").is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Session accounting: the total number of control connections and the
-//! number of logged-in sessions per user. libunftp has neither limit.
+//! Session accounting: the total number of control connections, the
+//! number per client address, and the number of logged-in sessions per
+//! user. libunftp has none of these limits.
 //!
 //! Counts are held by RAII guards: a [`SessionSlot`] lives in the task
 //! serving one control connection, a [`UserSlot`] inside that session's
@@ -7,12 +8,23 @@
 //! can never leak when a session ends in an unusual way.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
     per_user: HashMap<String, usize>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not given a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// `max_total` connections are open.
+    Total(usize),
+    /// The client's address has `max_per_address` connections open.
+    Address(usize),
 }
 
 /// Shared counters; clone the `Arc`.
@@ -33,7 +45,30 @@ impl Sessions {
             return None;
         }
         c.total += 1;
-        Some(SessionSlot { sessions: self.clone() })
+        Some(SessionSlot {
+            sessions: self.clone(),
+            addr: None,
+        })
+    }
+
+    /// Claims a connection slot for a client at `addr`, within both the
+    /// total limit and the per-address limit (so one address cannot take
+    /// every slot).
+    pub fn try_connect_from(self: &Arc<Self>, addr: IpAddr, max_total: usize, max_per_address: usize) -> Result<SessionSlot, ConnectRefusal> {
+        let mut c = self.lock();
+        if c.total >= max_total {
+            return Err(ConnectRefusal::Total(max_total));
+        }
+        let n = c.per_address.get(&addr).copied().unwrap_or(0);
+        if n >= max_per_address {
+            return Err(ConnectRefusal::Address(max_per_address));
+        }
+        c.total += 1;
+        c.per_address.insert(addr, n + 1);
+        Ok(SessionSlot {
+            sessions: self.clone(),
+            addr: Some(addr),
+        })
     }
 
     /// Claims a per-user slot if the user has fewer than `max` sessions.
@@ -65,12 +100,21 @@ impl Sessions {
 #[derive(Debug)]
 pub struct SessionSlot {
     sessions: Arc<Sessions>,
+    addr: Option<IpAddr>,
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         let mut c = self.sessions.lock();
         c.total = c.total.saturating_sub(1);
+        if let Some(addr) = self.addr {
+            if let Some(n) = c.per_address.get_mut(&addr) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.per_address.remove(&addr);
+                }
+            }
+        }
     }
 }
 
@@ -112,5 +156,19 @@ mod tests {
         drop(u1);
         assert_eq!(s.of_user("alice"), 0);
         assert!(s.try_login("alice", 1).is_some());
+    }
+
+    #[test]
+    fn per_address_slots_count_and_release() {
+        let s = Arc::new(Sessions::default());
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let a1 = s.try_connect_from(a, 10, 2).unwrap();
+        let _a2 = s.try_connect_from(a, 10, 2).unwrap();
+        assert_eq!(s.try_connect_from(a, 10, 2).unwrap_err(), ConnectRefusal::Address(2));
+        let _b1 = s.try_connect_from(b, 3, 2).unwrap();
+        assert_eq!(s.try_connect_from(b, 3, 2).unwrap_err(), ConnectRefusal::Total(3));
+        drop(a1);
+        let _a3 = s.try_connect_from(a, 10, 2).expect("the freed place is given back");
+        assert_eq!(s.total(), 3);
     }
 }

@@ -85,6 +85,27 @@ pub fn ensure_homes(root: &Path, state: &state::InitialState) -> Result<(), Node
     Ok(())
 }
 
+/// SIGHUP: reload the initial state for new sessions. Further SIGHUP
+/// duties (e.g. lifting lockouts through `front.lockout`) belong here.
+fn on_hup(front: &server::Front, root: &Path, addr: std::net::SocketAddr) {
+    let state = &front.state;
+    match state.reload() {
+        Ok(summary) => {
+            if let Some(asked) = summary.listen_ignored {
+                tracing::warn!(%asked, %addr, "the listen address changes only on restart; keeping the old one");
+            }
+            match ensure_homes(root, &state.current()) {
+                Ok(()) => tracing::info!(users = summary.users, "SIGHUP: initial state reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: state reloaded, but a home directory is missing"),
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: reload rejected; the previous state stays in force"),
+    }
+}
+
+/// How long shutdown waits for sessions to close after telling them.
+const SESSION_CLOSE_LIMIT: Duration = Duration::from_secs(3);
+
 /// Runs a node until SIGINT/SIGTERM: loads the initial state, mounts,
 /// serves FTP, reloads on SIGHUP, then stops the server and unmounts.
 pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
@@ -122,9 +143,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             .map_err(NodeError::Runtime)?;
         let alive = || mount.as_ref().is_none_or(|m| m.is_alive());
         let transfers = ctx.transfers.clone();
-        let outcome = rt.block_on(serve(ctx, &alive));
-        // Sessions are tasks of this runtime: dropping it ends them.
-        rt.shutdown_timeout(Duration::from_secs(5));
+        let outcome = rt.block_on(serve(ctx, &alive, &cfg.service_file));
+        // Sessions have closed (or were given up on after a deadline);
+        // what remains are blocking-pool threads, which need no wait.
+        rt.shutdown_timeout(Duration::from_millis(100));
         // Transfer threads were told to stop; their files must be closed
         // before the unmount.
         if !transfers.wait_idle(Duration::from_secs(5)) {
@@ -143,13 +165,13 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     result
 }
 
-async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool) -> Result<(), NodeError> {
+async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool, service_file: &Path) -> Result<(), NodeError> {
     use tokio::signal::unix::{signal, SignalKind};
     let state = ctx.state.clone();
     let root = ctx.served_root.clone();
     let transfers = ctx.transfers.clone();
     let front = Arc::new(server::Front::new(ctx));
-    let listener = front.bind().await?;
+    let listener = front.bind(service_file).await?;
     let addr = listener.local_addr().map_err(|source| server::ServerError::Bind {
         addr: state.current().service.listen,
         source,
@@ -167,24 +189,19 @@ async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool) -> Result<(),
         tokio::select! {
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break Ok(()) }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()) }
-            _ = hup.recv() => match state.reload() {
-                Ok(summary) => {
-                    if let Some(asked) = summary.listen_ignored {
-                        tracing::warn!(%asked, %addr, "the listen address changes only on restart; keeping the old one");
-                    }
-                    match ensure_homes(&root, &state.current()) {
-                        Ok(()) => tracing::info!(users = summary.users, "SIGHUP: initial state reloaded"),
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: state reloaded, but a home directory is missing"),
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "SIGHUP: reload rejected; the previous state stays in force"),
-            },
+            _ = hup.recv() => on_hup(&front, &root, addr),
             _ = tick.tick() => if !alive() { break Err(NodeError::MountLost) },
         }
     };
+    // Stop transfers and accepting, then tell every client (421) and wait
+    // for the sessions to close, so the process exits as soon as they have.
     transfers.stop();
     let _ = stop_tx.send(true);
     let _ = accept.await;
+    front.stop_sessions();
+    if !front.wait_sessions_closed(SESSION_CLOSE_LIMIT).await {
+        tracing::warn!(sessions = front.sessions.total(), "sessions still open after shutdown notice; stopping anyway");
+    }
     tracing::info!(sessions = front.sessions.total(), "FTP server stopped");
     outcome
 }

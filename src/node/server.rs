@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::auth::{Lockout, NodeAuthenticator, NodeUser, NodeUserProvider};
-use super::limits::Sessions;
+use super::limits::{ConnectRefusal, Sessions};
 use super::state::{InitialState, StateHandle};
 use super::storage::{DriftStorage, StorageContext};
 
@@ -27,6 +27,18 @@ use super::storage::{DriftStorage, StorageContext};
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(
+        "cannot listen on {addr}: port {} is already in use (another FTP server, or a drift node already running?); \
+         stop that program or pick a free port with `listen = \"IP:PORT\"` in the service file {}",
+        addr.port(), service_file.display()
+    )]
+    PortInUse { addr: std::net::SocketAddr, service_file: std::path::PathBuf },
+    #[error(
+        "cannot listen on {addr}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE); \
+         pick a port of 1024 or more with `listen = \"IP:PORT\"` in the service file {}",
+        service_file.display()
+    )]
+    PortDenied { addr: std::net::SocketAddr, service_file: std::path::PathBuf },
     #[error("cannot set up the FTP server: {0}")]
     Build(String),
 }
@@ -37,8 +49,12 @@ pub struct Front {
     pub state: Arc<StateHandle>,
     pub sessions: Arc<Sessions>,
     pub storage: Arc<StorageContext>,
+    /// Failed-login lockouts, shared by all sessions (SIGHUP may lift them).
+    pub lockout: Arc<Lockout>,
     authenticator: Arc<NodeAuthenticator>,
     users: Arc<NodeUserProvider>,
+    /// Set once at shutdown: every session answers `421` and closes.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Front {
@@ -46,12 +62,34 @@ impl Front {
         let state = storage.state.clone();
         let lockout = Arc::new(Lockout::default());
         Front {
-            authenticator: Arc::new(NodeAuthenticator::new(state.clone(), lockout)),
+            authenticator: Arc::new(NodeAuthenticator::new(state.clone(), lockout.clone())),
+            lockout,
             users: Arc::new(NodeUserProvider::new(state.clone(), storage.served_root.clone())),
             sessions: storage.sessions.clone(),
             state,
             storage,
+            stopping: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Tells every session to say `421` and close (shutdown).
+    pub fn stop_sessions(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Waits until no control connection is open, or `limit` passes;
+    /// returns whether all closed.
+    pub async fn wait_sessions_closed(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        // Sessions end within a few milliseconds of `stop_sessions`; a
+        // short poll keeps this simple and bounded.
+        while self.sessions.total() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// A libunftp server for one connection, configured from `state`.
@@ -62,7 +100,11 @@ impl Front {
             .authenticator(self.authenticator.clone())
             .greeting(state.greeting)
             .passive_ports(svc.passive_ports.clone())
-            .idle_session_timeout(svc.idle_timeout.as_secs());
+            .idle_session_timeout(svc.idle_timeout.as_secs())
+            .login_timeout(svc.login_timeout)
+            // USER is checked as the users file checks names: anything
+            // else can never log in and is refused before it is stored.
+            .user_name_check(|name| super::users::validate_name(name).is_ok());
         if let Some(host) = svc.passive_host {
             b = b.passive_host(host);
         }
@@ -75,10 +117,21 @@ impl Front {
         b.build().map_err(|e| ServerError::Build(e.to_string()))
     }
 
-    /// Binds the listen address of the current service file.
-    pub async fn bind(&self) -> Result<TcpListener, ServerError> {
+    /// Binds the listen address of the current service file
+    /// (`service_file` is named in the error if the port is taken).
+    pub async fn bind(&self, service_file: &std::path::Path) -> Result<TcpListener, ServerError> {
         let addr = self.state.current().service.listen;
-        TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+        TcpListener::bind(addr).await.map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => ServerError::PortInUse {
+                addr,
+                service_file: service_file.to_owned(),
+            },
+            std::io::ErrorKind::PermissionDenied => ServerError::PortDenied {
+                addr,
+                service_file: service_file.to_owned(),
+            },
+            _ => ServerError::Bind { addr, source },
+        })
     }
 
     /// Accepts connections until `shutdown` completes. Sessions run as
@@ -104,6 +157,16 @@ impl Front {
     }
 
     async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: std::net::SocketAddr) {
+        // Replies are small writes answering the client's last command;
+        // with Nagle's algorithm a reply following an unacknowledged one
+        // (150 then 226) waited for the client's delayed ACK, ~40 ms per
+        // transfer. Data connections need no such option: each ends with
+        // shutdown(), whose FIN pushes out whatever Nagle held back, and
+        // without it sendfile's sub-segment tails coalesce with the next
+        // chunk instead of going out as tiny packets.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY on the control connection");
+        }
         let state = self.state.current();
         let svc = &state.service;
         if !svc.filter.allows(peer.ip()) {
@@ -111,14 +174,23 @@ impl Front {
             refuse(&mut stream, "421 Service not available for your address.\r\n").await;
             return;
         }
-        let Some(slot) = self.sessions.try_connect(svc.max_sessions) else {
-            tracing::warn!(%peer, max = svc.max_sessions, "connection refused: session limit reached");
-            refuse(
-                &mut stream,
-                &format!("421 Too many sessions ({} allowed); try again later.\r\n", svc.max_sessions),
-            )
-            .await;
-            return;
+        let ip = super::users::canonical_ip(peer.ip());
+        let slot = match self.sessions.try_connect_from(ip, svc.max_sessions, svc.max_sessions_per_address) {
+            Ok(slot) => slot,
+            Err(ConnectRefusal::Total(max)) => {
+                tracing::warn!(%peer, max, "connection refused: session limit reached");
+                refuse(&mut stream, &format!("421 Too many sessions ({max} allowed); try again later.\r\n")).await;
+                return;
+            }
+            Err(ConnectRefusal::Address(max)) => {
+                tracing::warn!(%peer, max, "connection refused: too many connections from this address");
+                refuse(
+                    &mut stream,
+                    &format!("421 Too many connections from your address ({max} allowed); try again later.\r\n"),
+                )
+                .await;
+                return;
+            }
         };
         let server = match self.build(&state, peer) {
             Ok(s) => s,
@@ -130,7 +202,11 @@ impl Front {
         };
         drop(state);
         tracing::debug!(%peer, "session start");
-        if let Err(e) = server.service(stream).await {
+        let mut stopping = self.stopping.subscribe();
+        let stop = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        if let Err(e) = server.service_until(stream, stop).await {
             tracing::warn!(%peer, error = %e, "session ended with an error");
         }
         tracing::debug!(%peer, "session end");

@@ -188,3 +188,5 @@ pub fn blake3_hex(data: &[u8]) -> String {
 pub fn digest(dir: &Path) -> String {
     ok(&["digest", dir.to_str().unwrap()]).trim().to_owned()
 }
+
+pub mod hostile_client;

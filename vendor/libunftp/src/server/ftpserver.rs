@@ -71,6 +71,10 @@ where
     ftps_required_control_chan: FtpsRequired,
     ftps_required_data_chan: FtpsRequired,
     idle_session_timeout: std::time::Duration,
+    // drift patch: a shorter idle timeout before login, and a check of
+    // USER names (see `login_timeout` and `user_name_check`).
+    login_timeout: Option<std::time::Duration>,
+    user_name_check: Option<fn(&str) -> bool>,
     listener_mode: ListenerMode,
     logger: slog::Logger,
     site_md5: SiteMd5,
@@ -105,6 +109,10 @@ where
     ftps_client_auth: FtpsClientAuth,
     ftps_trust_store: PathBuf,
     idle_session_timeout: std::time::Duration,
+    // drift patch: a shorter idle timeout before login, and a check of
+    // USER names (see `login_timeout` and `user_name_check`).
+    login_timeout: Option<std::time::Duration>,
+    user_name_check: Option<fn(&str) -> bool>,
     listener_mode: ListenerMode,
     logger: slog::Logger,
     site_md5: SiteMd5,
@@ -151,6 +159,8 @@ where
             ftps_mode: FtpsConfig::Off,
             collect_metrics: false,
             idle_session_timeout: Duration::from_secs(DEFAULT_IDLE_SESSION_TIMEOUT_SECS),
+            login_timeout: None,
+            user_name_check: None,
             listener_mode: ListenerMode::Legacy,
             logger: slog::Logger::root(slog_stdlog::StdLog {}.fuse(), slog::o!()),
             ftps_required_control_chan: options::DEFAULT_FTPS_REQUIRE,
@@ -231,6 +241,8 @@ where
             ftps_client_auth: self.ftps_client_auth,
             ftps_trust_store: self.ftps_trust_store,
             idle_session_timeout: self.idle_session_timeout,
+            login_timeout: self.login_timeout,
+            user_name_check: self.user_name_check,
             listener_mode: self.listener_mode,
             logger: self.logger,
             site_md5: self.site_md5,
@@ -284,6 +296,8 @@ where
             ftps_mode: FtpsConfig::Off,
             collect_metrics: false,
             idle_session_timeout: Duration::from_secs(DEFAULT_IDLE_SESSION_TIMEOUT_SECS),
+            login_timeout: None,
+            user_name_check: None,
             listener_mode: ListenerMode::Legacy,
             logger: slog::Logger::root(slog_stdlog::StdLog {}.fuse(), slog::o!()),
             ftps_required_control_chan: options::DEFAULT_FTPS_REQUIRE,
@@ -372,6 +386,8 @@ where
             ftps_required_control_chan: self.ftps_required_control_chan,
             ftps_required_data_chan: self.ftps_required_data_chan,
             idle_session_timeout: self.idle_session_timeout,
+            login_timeout: self.login_timeout,
+            user_name_check: self.user_name_check,
             listener_mode: self.listener_mode,
             logger: self.logger,
             site_md5: self.site_md5,
@@ -541,6 +557,22 @@ where
     /// ```
     pub fn idle_session_timeout(mut self, secs: u64) -> Self {
         self.idle_session_timeout = Duration::from_secs(secs);
+        self
+    }
+
+    /// drift patch: the idle timeout of a connection that has not logged
+    /// in yet, shorter than [`idle_session_timeout`](Self::idle_session_timeout)
+    /// so that idle anonymous connections cannot hold the server's slots
+    /// for long. Unset, it equals the idle session timeout.
+    pub fn login_timeout(mut self, timeout: Duration) -> Self {
+        self.login_timeout = Some(timeout);
+        self
+    }
+
+    /// drift patch: a check applied to the name in `USER` before it is
+    /// stored; a name it refuses is answered `530` at once.
+    pub fn user_name_check(mut self, check: fn(&str) -> bool) -> Self {
+        self.user_name_check = Some(check);
         self
     }
 
@@ -1013,6 +1045,16 @@ where
     /// Use this method instead of [`listen`](Server::listen) if you want to listen for and accept
     /// new connections yourself, instead of using libunftp to do it.
     pub async fn service(self, tcp_stream: tokio::net::TcpStream) -> std::result::Result<(), crate::server::ControlChanError> {
+        self.service_until(tcp_stream, futures_util::future::pending()).await
+    }
+
+    /// drift patch: [`service`](Server::service) that ends the session when
+    /// `stop` completes: the client gets `421` and the connection closes,
+    /// so a server shutting down says so instead of dropping connections.
+    pub async fn service_until<F>(self, tcp_stream: tokio::net::TcpStream, stop: F) -> std::result::Result<(), crate::server::ControlChanError>
+    where
+        F: Future<Output = ()> + Send,
+    {
         let failed_logins = self.failed_logins_policy.as_ref().map(|policy| FailedLoginsCache::new(policy.clone()));
         let options: chosen::OptionsHolder<Storage, User> = (&self).into();
         let shutdown_notifier = Arc::new(shutdown::Notifier::new());
@@ -1023,8 +1065,16 @@ where
             Err(err) => {
                 slog::error!(self.logger, "Could not spawn control channel loop: {:?}", err);
             }
-            Ok(jh) => {
-                if let Err(e) = jh.await {
+            Ok(mut jh) => {
+                tokio::pin!(stop);
+                let joined = tokio::select! {
+                    joined = &mut jh => joined,
+                    _ = &mut stop => {
+                        shutdown_notifier.notify().await;
+                        jh.await
+                    }
+                };
+                if let Err(e) = joined {
                     slog::error!(self.logger, "Control loop failed to complete: {:?}", e);
                 }
             }
@@ -1063,6 +1113,8 @@ where
             collect_metrics: server.collect_metrics,
             greeting: server.greeting,
             idle_session_timeout: server.idle_session_timeout,
+            login_timeout: server.login_timeout.unwrap_or(server.idle_session_timeout),
+            user_name_check: server.user_name_check,
             passive_ports: server.passive_ports.clone(),
             passive_host: server.passive_host.clone(),
             logger: server.logger.new(slog::o!()),

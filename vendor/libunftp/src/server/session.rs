@@ -114,6 +114,11 @@ where
     pub failed_logins: Option<Arc<FailedLoginsCache>>,
     // An optional functor that can bind a socket
     pub binder: Option<Box<dyn crate::options::Binder>>,
+    // drift patch: the pending passive listener (PASV/EPSV not yet
+    // connected to) is told to close when this sender is dropped. One per
+    // session: a new PASV replaces it, so one session cannot hold every
+    // passive port.
+    pub passive_cancel: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl<Storage, User> Session<Storage, User>
@@ -148,7 +153,13 @@ where
             cert_chain: None,
             failed_logins: None,
             binder: None,
+            passive_cancel: None,
         }
+    }
+
+    /// drift patch: closes the pending passive listener, if any.
+    pub fn close_passive_listener(&mut self) {
+        self.passive_cancel.take();
     }
 
     pub fn ftps(mut self, mode: FtpsConfig) -> Self {

@@ -1,8 +1,19 @@
-use super::{Reply, command::Command, error::ControlChanError, line_parser};
+use super::{
+    Reply,
+    command::Command,
+    error::{ControlChanError, ControlChanErrorKind},
+    line_parser,
+};
 
 use bytes::BytesMut;
 use std::io::Write;
 use tokio_util::codec::{Decoder, Encoder};
+
+/// drift patch: the longest command line accepted, including its line
+/// ending, as vsftpd (`VSFTP_MAX_COMMAND_LINE`). Without a bound a client
+/// sending bytes without a newline grows the session's buffer until the
+/// idle timeout.
+pub const MAX_LINE: usize = 4096;
 
 // FTPCodec implements tokio's `Decoder` and `Encoder` traits for the control channel, that we'll
 // use to decode FTP commands and encode their responses.
@@ -21,17 +32,26 @@ impl FtpCodec {
 }
 
 impl Decoder for FtpCodec {
-    type Item = Command;
+    // drift patch: a line that does not parse is an item (`Err` inside
+    // `Some`), not a decoder error. tokio-util ends a framed stream after
+    // the first decoder error, which closed the session on `REST -1` or a
+    // bare CR; only a line over `MAX_LINE` is a decoder error now.
+    type Item = Result<Command, ControlChanError>;
     type Error = ControlChanError;
 
     // Here we decode the incoming bytes into a meaningful command. We'll split on newlines, and
     // parse the resulting line using `Command::parse()`. This method will be called by tokio.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Command>, Self::Error> {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
         if let Some(newline_offset) = buf[self.next_index..].iter().position(|b| *b == b'\n') {
             let newline_index = newline_offset + self.next_index;
+            if newline_index >= MAX_LINE {
+                return Err(ControlChanErrorKind::LineTooLong.into());
+            }
             let line = buf.split_to(newline_index + 1);
             self.next_index = 0;
-            Ok(Some(line_parser::parse(line)?))
+            Ok(Some(line_parser::parse(line).map_err(ControlChanError::from)))
+        } else if buf.len() >= MAX_LINE {
+            Err(ControlChanErrorKind::LineTooLong.into())
         } else {
             self.next_index = buf.len();
             Ok(None)

@@ -33,7 +33,9 @@ use crate::{
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use rustls::ServerConnection;
-use std::{collections::HashMap, net::SocketAddr, ops::RangeInclusive, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr, ops::RangeInclusive, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -63,6 +65,9 @@ where
     pub ftps_config: FtpsConfig,
     pub collect_metrics: bool,
     pub idle_session_timeout: Duration,
+    // drift patch: see `ServerBuilder::login_timeout` and `user_name_check`.
+    pub login_timeout: Duration,
+    pub user_name_check: Option<fn(&str) -> bool>,
     pub logger: slog::Logger,
     pub ftps_required_control_chan: FtpsRequired,
     pub ftps_required_data_chan: FtpsRequired,
@@ -99,6 +104,8 @@ where
         ftps_required_data_chan,
         collect_metrics,
         idle_session_timeout,
+        login_timeout,
+        user_name_check,
         logger,
         site_md5: sitemd5,
         site_handlers,
@@ -142,6 +149,7 @@ where
         tx_proxy_loop: switchboard_msg_tx.clone(),
         sitemd5,
         site_handlers,
+        user_name_check,
     };
 
     let event_chain = EventDispatcherMiddleware::new(data_listener, presence_listener, event_chain);
@@ -186,46 +194,70 @@ where
     reply_sink.send(Reply::new(ReplyCode::ServiceReady, config.greeting)).await?;
     reply_sink.flush().await?;
 
+    // drift patch: the loop below was reorganised so that pipelined
+    // commands cannot deadlock it or be answered out of order.
+    //
+    // Command handlers report most results as messages on
+    // `control_msg_tx` (capacity 1), awaited from inside the handler, and
+    // the loop is the only reader. Upstream read the next command before
+    // draining that channel, so a second pipelined command (`QUIT` `QUIT`,
+    // `CWD /` `CWD /`) blocked forever in its send: no reply, and the
+    // connection and its session slot were never released. Now:
+    // - while a handler runs, the loop keeps draining the channel into
+    //   `pending`, so no send can block on the loop;
+    // - a queued message is handled before the next command is read;
+    // - a handler that answers `Reply::none()` answers through a message
+    //   (some from a task they spawn: RNFR, MD5, STAT), so after one the
+    //   next command is read only once a message has been handled. Each
+    //   command is thus answered before the next one runs, as in vsftpd
+    //   (`RNFR a` `RNTO b` pipelined renamed nothing before).
     let jh = tokio::spawn(async move {
         // The control channel event loop
         slog::info!(logger, "Starting control loop");
+        let mut pending: VecDeque<ControlChanMsg> = VecDeque::new();
+        let mut awaiting_reply = false;
         loop {
-            let incoming = {
-                #[allow(unused_assignments)]
-                let mut incoming = None;
-                let mut timeout_delay = Box::pin(tokio::time::sleep(idle_session_timeout));
-                tokio::select! {
-                    cmd = command_source.next() => {
-                        match cmd {
-                            Some(cmd_result) => incoming = Some(cmd_result.map(Event::Command)),
+            let incoming = match pending.pop_front() {
+                Some(msg) => Some(Ok(Event::InternalMsg(msg))),
+                None => {
+                    // drift patch: before login the (shorter) login timeout applies.
+                    let logged_in = shared_session.lock().await.state == SessionState::WaitCmd;
+                    let timeout = if logged_in { idle_session_timeout } else { login_timeout };
+                    let timeout_delay = tokio::time::sleep(timeout);
+                    tokio::select! {
+                        biased;
+                        Some(msg) = control_msg_rx.recv() => Some(Ok(Event::InternalMsg(msg))),
+                        _ = shutdown.listen() => {
+                            // drift patch: tell the client why the connection closes.
+                            slog::info!(logger, "Closing open control connection because of shutdown signal");
+                            let _ = reply_sink.send(Reply::new(ReplyCode::ServiceNotAvailable, "Service closing control connection (server shutting down).")).await;
+                            Some(Ok(Event::InternalMsg(ControlChanMsg::ExitControlLoop)))
+                        }
+                        cmd = command_source.next(), if !awaiting_reply => match cmd {
+                            Some(Ok(Ok(cmd))) => Some(Ok(Event::Command(cmd))),
+                            Some(Ok(Err(parse_error))) => Some(Err(parse_error)),
+                            Some(Err(e)) => Some(Err(e)),
                             None => {
                                 slog::info!(logger, "Control connection was closed.");
-                                incoming = Some(Ok(Event::InternalMsg(ControlChanMsg::ExitControlLoop)))
+                                Some(Ok(Event::InternalMsg(ControlChanMsg::ExitControlLoop)))
+                            }
+                        },
+                        _ = timeout_delay => {
+                            let session = shared_session.lock().await;
+                            match session.data_busy {
+                                true => None,
+                                false => Some(Err(ControlChanError::new(ControlChanErrorKind::ControlChannelTimeout))),
                             }
                         }
-                    },
-                    Some(msg) = control_msg_rx.recv() => {
-                        incoming = Some(Ok(Event::InternalMsg(msg)));
-                    },
-                    _ = &mut timeout_delay => {
-                        let session = shared_session.lock().await;
-                        match session.data_busy {
-                            true => incoming = None,
-                            false => incoming = Some(Err(ControlChanError::new(ControlChanErrorKind::ControlChannelTimeout)))
-                        };
-                    },
-                    _ = shutdown.listen() => {
-                        slog::info!(logger, "Closing open control connection because of shutdown signal");
-                        incoming = Some(Ok(Event::InternalMsg(ControlChanMsg::ExitControlLoop)))
-                        // TODO: Do we want to wait a bit for a data transfer to complete i.e. session.data_busy is true?
                     }
                 }
-                incoming
             };
             match incoming {
                 None => {} // Loop again
                 Some(Ok(Event::InternalMsg(ControlChanMsg::ExitControlLoop))) => {
                     let _ = event_chain.handle(Event::InternalMsg(ControlChanMsg::ExitControlLoop)).await;
+                    // drift patch: a pending passive listener dies with the session.
+                    shared_session.lock().await.close_passive_listener();
                     if let Some(tx) = switchboard_msg_tx
                         && let Err(err) = tx.send(SwitchboardMessage::CloseDataPortCommand(shared_session.clone())).await
                     {
@@ -240,7 +272,13 @@ where
                         slog::info!(logger, "Upgrading control channel to TLS");
 
                         // Get back the original TCP Stream
-                        let codec_io = reply_sink.reunite(command_source).unwrap();
+                        let codec_io = match reply_sink.reunite(command_source) {
+                            Ok(io) => io,
+                            Err(e) => {
+                                slog::warn!(logger, "Closing control channel. Could not reunite its halves: {}", e);
+                                return;
+                            }
+                        };
                         let io = codec_io.into_inner();
 
                         // Wrap in TLS Stream
@@ -273,31 +311,59 @@ where
                     }
 
                     if let Event::Command(Command::User { username }) = &event {
+                        // Bounded by the command line limit; a name that
+                        // fails the node's check is refused by USER.
                         let s: String = String::from_utf8_lossy(username).into();
                         logger = logger.new(slog::o!("username" => s));
                     }
 
                     // TODO: Handle Event::InternalMsg(InternalMsg::PlaintextControlChannel)
 
-                    let handle_result = match event_chain.handle(event).await {
-                        Err(e) => Err(e),
-                        Ok(reply) => reply_sink.send(reply).await,
+                    let is_command = matches!(event, Event::Command(_));
+                    if !is_command {
+                        awaiting_reply = false;
+                    }
+                    // drift patch: drain the message channel while the
+                    // handler runs (see the comment above the loop).
+                    let handled = {
+                        let handling = event_chain.handle(event);
+                        tokio::pin!(handling);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                result = &mut handling => break result,
+                                Some(msg) = control_msg_rx.recv() => pending.push_back(msg),
+                            }
+                        }
                     };
-
-                    if let Err(chan_err) = handle_result {
-                        slog::warn!(logger, "Event handler chain error: {:?}. Closing control connection", chan_err);
+                    let (reply, close) = match handled {
+                        Ok(reply) => {
+                            awaiting_reply = is_command && matches!(reply, Reply::None);
+                            (reply, false)
+                        }
+                        Err(e) => handle_control_channel_error(&logger, e),
+                    };
+                    if let Err(e) = reply_sink.send(reply).await {
+                        slog::warn!(logger, "Could not send reply; closing control connection: {}", e);
                         return;
+                    }
+                    if close {
+                        pending.clear();
+                        pending.push_back(ControlChanMsg::ExitControlLoop);
                     }
                 }
                 Some(Err(e)) => {
-                    let (reply, close_connection) = handle_control_channel_error(logger.clone(), e);
+                    let (reply, close_connection) = handle_control_channel_error(&logger, e);
                     let result = reply_sink.send(reply).await;
                     if result.is_err() {
                         slog::warn!(logger, "Could not send error reply to client");
                         return;
                     }
                     if close_connection {
-                        return;
+                        // drift patch: through ExitControlLoop, so the
+                        // session's listeners are closed as on QUIT.
+                        pending.clear();
+                        pending.push_back(ControlChanMsg::ExitControlLoop);
                     }
                 }
             }
@@ -308,14 +374,19 @@ where
 }
 
 // gets the reply to be sent to the client and tells if the connection should be closed.
-fn handle_control_channel_error(logger: slog::Logger, error: ControlChanError) -> (Reply, bool) {
-    slog::warn!(logger, "Control channel error: {:?}", error);
+fn handle_control_channel_error(logger: &slog::Logger, error: ControlChanError) -> (Reply, bool) {
+    // drift patch: Display, not a Debug dump, and the session stays open
+    // for every error a client can cause by a bad line (vsftpd closes
+    // only on an over-long line).
+    slog::info!(logger, "Control channel error: {}", error);
     match error.kind() {
         ControlChanErrorKind::UnknownCommand { .. } => (Reply::new(ReplyCode::CommandSyntaxError, "Command not implemented"), false),
-        ControlChanErrorKind::Utf8Error => (Reply::new(ReplyCode::CommandSyntaxError, "Invalid UTF8 in command"), true),
+        ControlChanErrorKind::Utf8Error => (Reply::new(ReplyCode::BadFileName, "Not valid UTF-8; names must be UTF-8"), false),
         ControlChanErrorKind::InvalidCommand => (Reply::new(ReplyCode::ParameterSyntaxError, "Invalid Parameter"), false),
+        ControlChanErrorKind::ParseError => (Reply::new(ReplyCode::CommandSyntaxError, "Syntax error in command"), false),
+        ControlChanErrorKind::LineTooLong => (Reply::new(ReplyCode::CommandSyntaxError, "Input line too long."), true),
         ControlChanErrorKind::ControlChannelTimeout => (
-            Reply::new(ReplyCode::ClosingControlConnection, "Session timed out. Closing control connection"),
+            Reply::new(ReplyCode::ServiceNotAvailable, "Session timed out. Closing control connection"),
             true,
         ),
         _ => (Reply::new(ReplyCode::LocalError, "Unknown internal server error, please try again later"), true),
@@ -341,6 +412,7 @@ where
     tx_proxy_loop: Option<SwitchboardSender<Storage, User>>,
     sitemd5: SiteMd5,
     site_handlers: Arc<HashMap<String, Arc<dyn SiteCommandHandler<Storage, User>>>>,
+    user_name_check: Option<fn(&str) -> bool>,
 }
 
 impl<Storage, User> PrimaryEventHandler<Storage, User>
@@ -433,6 +505,7 @@ where
             logger: self.logger.clone(),
             sitemd5: self.sitemd5,
             site_handlers: self.site_handlers.clone(),
+            user_name_check: self.user_name_check,
         };
 
         let handler: Box<dyn CommandHandler<Storage, User>> = match cmd {

@@ -45,4 +45,6 @@ where
     pub logger: slog::Logger,
     pub sitemd5: SiteMd5,
     pub site_handlers: Arc<HashMap<String, Arc<dyn SiteCommandHandler<Storage, User>>>>,
+    /// drift patch: the server's check of USER names (`ServerBuilder::user_name_check`).
+    pub user_name_check: Option<fn(&str) -> bool>,
 }

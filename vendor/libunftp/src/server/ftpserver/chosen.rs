@@ -29,6 +29,9 @@ where
     pub ftps_config: FtpsConfig,
     pub collect_metrics: bool,
     pub idle_session_timeout: Duration,
+    // drift patch: see `ServerBuilder::login_timeout` and `user_name_check`.
+    pub login_timeout: Duration,
+    pub user_name_check: Option<fn(&str) -> bool>,
     pub logger: slog::Logger,
     pub ftps_required_control_chan: FtpsRequired,
     pub ftps_required_data_chan: FtpsRequired,
@@ -59,6 +62,8 @@ where
             collect_metrics: server.collect_metrics,
             greeting: server.greeting,
             idle_session_timeout: server.idle_session_timeout,
+            login_timeout: server.login_timeout,
+            user_name_check: server.user_name_check,
             passive_ports: server.passive_ports.clone(),
             passive_host: server.passive_host.clone(),
             logger: server.logger.new(slog::o!()),

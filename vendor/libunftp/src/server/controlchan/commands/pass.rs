@@ -47,136 +47,150 @@ where
 {
     #[tracing_attributes::instrument]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
-        let session = args.session.lock().await;
+        // drift patch: the password is checked inside this handler, not in a
+        // spawned task. Upstream answered at once and checked in the
+        // background, so `PASS` lines pipelined in one write were checked in
+        // parallel, past the lockout and the failure delay. Now the control
+        // loop reads nothing more until the check is over, and the session
+        // leaves `WaitPass` before it starts: one check per `USER`, and a
+        // second `PASS` gets 503.
         let logger = args.logger;
-        match &session.state {
-            SessionState::WaitPass => {
-                let pass: &str = std::str::from_utf8(self.password.as_ref())?;
-                let pass: String = pass.to_string();
-                let username: String = match session.username.clone() {
-                    Some(v) => v,
-                    None => {
-                        slog::error!(logger, "NoneError for username. This shouldn't happen.");
-                        return Ok(Reply::new(ReplyCode::NotLoggedIn, "Please open a new connection to re-authenticate"));
-                    }
-                };
-                let tx: Sender<ControlChanMsg> = args.tx_control_chan.clone();
-
-                let auth_pipeline = args.auth_pipeline.clone();
-
-                // without this, the REST authenticator hangs when
-                // performing a http call through Hyper
-                let session2clone = args.session.clone();
-                let creds = unftp_core::auth::Credentials {
-                    password: Some(pass),
-                    source_ip: session.source.ip(),
-                    certificate_chain: session.cert_chain.clone(),
-                    command_channel_security: if session.cmd_tls {
-                        ChannelEncryptionState::Tls
-                    } else {
-                        ChannelEncryptionState::Plaintext
-                    },
-                };
-                let failed_logins = session.failed_logins.clone();
-                let source_ip = session.source.ip();
-                tokio::spawn(async move {
-                    let msg = match auth_pipeline.authenticate_and_get_user(&username, &creds).await {
-                        Ok(user) => {
-                            let is_locked = match failed_logins {
-                                Some(failed_logins) => {
-                                    let result = failed_logins.success(source_ip, username.clone()).await;
-                                    if let Some(state) = result {
-                                        slog::warn!(
-                                            logger,
-                                            "PASS: User authenticated but currently locked out due to previous failed login attempts according to the policy! (Username={}. Note: the account automatically unlocks after the configured period if no further failed login attempts occur. state={:?})",
-                                            username,
-                                            state
-                                        );
-                                        true
-                                    } else {
-                                        false
-                                    }
-                                }
-                                None => false,
-                            };
-
-                            if is_locked {
-                                sleep(Duration::from_millis(1500)).await;
-                                ControlChanMsg::AuthFailed
-                            } else if user.account_enabled() {
-                                let mut session = session2clone.lock().await;
-                                // Using Arc::get_mut means that this won't work if the Session is
-                                // currently servicing multiple commands concurrently.  But it
-                                // shouldn't ever be servicing PASS at the same time as another
-                                // command.
-                                match Arc::get_mut(&mut session.storage).map(|s| s.enter(&user)) {
-                                    Some(Err(e)) => {
-                                        slog::error!(logger, "{}", e);
-                                        ControlChanMsg::AuthFailed
-                                    }
-                                    None => {
-                                        slog::error!(logger, "Failed to lock Session::storage during PASS.");
-                                        ControlChanMsg::AuthFailed
-                                    }
-                                    Some(Ok(())) => {
-                                        slog::info!(logger, "PASS: User {} logged in", user);
-                                        session.user = Arc::new(Some(user));
-                                        ControlChanMsg::AuthSuccess {
-                                            username,
-                                            trace_id: session.trace_id,
-                                        }
-                                    }
-                                }
-                            } else {
-                                slog::warn!(logger, "PASS: User {} authenticated but account is disabled", user);
-                                ControlChanMsg::AuthFailed
-                            }
-                        }
-                        Err(unftp_core::auth::AuthenticationError::BadUser) => {
-                            slog::warn!(logger, "PASS: Login attempt for unknown user {}", username);
-                            ControlChanMsg::AuthFailed
-                        }
-                        Err(err) => {
-                            slog::warn!(logger, "PASS: Failed login attempt for user {}, reason={}", username, err);
-                            if let Some(failed_logins) = failed_logins {
-                                let result = failed_logins.failed(source_ip, username.clone()).await;
-                                if let Some(state) = result {
-                                    match state {
-                                        LockState::MaxFailuresReached => {
-                                            slog::warn!(
-                                                logger,
-                                                "PASS: Maximum number bad login attempts reached according to the policy so the locking policy is now active (Username={}, IP={}, LockState={:?})",
-                                                username,
-                                                source_ip,
-                                                state
-                                            );
-                                        }
-                                        LockState::AlreadyLocked => {
-                                            slog::info!(
-                                                logger,
-                                                "PASS: Another bad login attempt but the locking policy is already active (Username={}, IP={}, LockState={:?})",
-                                                username,
-                                                source_ip,
-                                                state
-                                            );
-                                        }
-                                    }
-                                }
-                            }
-
-                            ControlChanMsg::AuthFailed
-                        }
-                    };
-                    tokio::spawn(async move {
-                        if let Err(err) = tx.send(msg).await {
-                            slog::warn!(logger, "PASS: Could not send internal message: {}", err);
-                        }
-                    });
-                });
-                Ok(Reply::none())
+        let (username, creds, failed_logins, source_ip) = {
+            let mut session = args.session.lock().await;
+            match &session.state {
+                SessionState::WaitPass => {}
+                SessionState::New => return Ok(Reply::new(ReplyCode::BadCommandSequence, "Please supply a username first")),
+                _ => return Ok(Reply::new(ReplyCode::NotLoggedIn, "Please open a new connection to re-authenticate")),
             }
-            SessionState::New => Ok(Reply::new(ReplyCode::BadCommandSequence, "Please supply a username first")),
-            _ => Ok(Reply::new(ReplyCode::NotLoggedIn, "Please open a new connection to re-authenticate")),
+            session.state = SessionState::New;
+            let pass: &str = std::str::from_utf8(self.password.as_ref())?;
+            let username: String = match session.username.clone() {
+                Some(v) => v,
+                None => {
+                    slog::error!(logger, "NoneError for username. This shouldn't happen.");
+                    return Ok(Reply::new(ReplyCode::NotLoggedIn, "Please open a new connection to re-authenticate"));
+                }
+            };
+            let creds = unftp_core::auth::Credentials {
+                password: Some(pass.to_string()),
+                source_ip: session.source.ip(),
+                certificate_chain: session.cert_chain.clone(),
+                command_channel_security: if session.cmd_tls {
+                    ChannelEncryptionState::Tls
+                } else {
+                    ChannelEncryptionState::Plaintext
+                },
+            };
+            (username, creds, session.failed_logins.clone(), session.source.ip())
+        };
+        let tx: Sender<ControlChanMsg> = args.tx_control_chan.clone();
+
+        let msg = match args.auth_pipeline.authenticate_and_get_user(&username, &creds).await {
+            Ok(user) => {
+                let is_locked = match failed_logins {
+                    Some(failed_logins) => {
+                        let result = failed_logins.success(source_ip, username.clone()).await;
+                        if let Some(state) = result {
+                            slog::warn!(
+                                logger,
+                                "PASS: User authenticated but currently locked out due to previous failed login attempts according to the policy! (Username={}. Note: the account automatically unlocks after the configured period if no further failed login attempts occur. state={:?})",
+                                username,
+                                state
+                            );
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    None => false,
+                };
+
+                if is_locked {
+                    sleep(Duration::from_millis(1500)).await;
+                    ControlChanMsg::AuthFailed
+                } else if user.account_enabled() {
+                    let mut session = args.session.lock().await;
+                    // Using Arc::get_mut means that this won't work if the Session is
+                    // currently servicing multiple commands concurrently.  But it
+                    // shouldn't ever be servicing PASS at the same time as another
+                    // command.
+                    match Arc::get_mut(&mut session.storage).map(|s| s.enter(&user)) {
+                        Some(Err(e)) => {
+                            // drift patch: the backend refused the session (for
+                            // drift: the user's session limit); its error says
+                            // why. The credentials were right, so this is not
+                            // "Authentication failed": 421 with the reason, then
+                            // the connection closes.
+                            slog::warn!(logger, "PASS: session refused for {}: {}", username, e);
+                            if let Err(err) = tx.send(ControlChanMsg::ExitControlLoop).await {
+                                slog::warn!(logger, "PASS: Could not send internal message: {}", err);
+                            }
+                            return Ok(Reply::new_with_string(ReplyCode::ServiceNotAvailable, one_line(&e.to_string())));
+                        }
+                        None => {
+                            slog::error!(logger, "Failed to lock Session::storage during PASS.");
+                            ControlChanMsg::AuthFailed
+                        }
+                        Some(Ok(())) => {
+                            slog::info!(logger, "PASS: User {} logged in", user);
+                            session.user = Arc::new(Some(user));
+                            ControlChanMsg::AuthSuccess {
+                                username,
+                                trace_id: session.trace_id,
+                            }
+                        }
+                    }
+                } else {
+                    slog::warn!(logger, "PASS: User {} authenticated but account is disabled", user);
+                    ControlChanMsg::AuthFailed
+                }
+            }
+            Err(unftp_core::auth::AuthenticationError::BadUser) => {
+                slog::warn!(logger, "PASS: Login attempt for unknown user {}", username);
+                ControlChanMsg::AuthFailed
+            }
+            Err(err) => {
+                slog::warn!(logger, "PASS: Failed login attempt for user {}, reason={}", username, err);
+                if let Some(failed_logins) = failed_logins {
+                    let result = failed_logins.failed(source_ip, username.clone()).await;
+                    if let Some(state) = result {
+                        match state {
+                            LockState::MaxFailuresReached => {
+                                slog::warn!(
+                                    logger,
+                                    "PASS: Maximum number bad login attempts reached according to the policy so the locking policy is now active (Username={}, IP={}, LockState={:?})",
+                                    username,
+                                    source_ip,
+                                    state
+                                );
+                            }
+                            LockState::AlreadyLocked => {
+                                slog::info!(
+                                    logger,
+                                    "PASS: Another bad login attempt but the locking policy is already active (Username={}, IP={}, LockState={:?})",
+                                    username,
+                                    source_ip,
+                                    state
+                                );
+                            }
+                        }
+                    }
+                }
+
+                ControlChanMsg::AuthFailed
+            }
+        };
+        // The control loop drains this channel while a handler runs, so the
+        // send cannot block; the reply is written before the next command
+        // is read.
+        if let Err(err) = tx.send(msg).await {
+            slog::warn!(logger, "PASS: Could not send internal message: {}", err);
         }
+        Ok(Reply::none())
     }
+}
+
+/// A reply text on one line (an error's Display could hold a newline).
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
 }

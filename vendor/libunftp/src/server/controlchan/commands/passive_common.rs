@@ -89,9 +89,16 @@ where
     S::Metadata: Metadata,
     T: LegacyReplyProducer<S, U>,
 {
-    let listener = match args.session.lock().await.binder {
-        Some(ref mut binder) => binder.bind(args.local_addr.ip(), args.passive_ports.clone()).await,
-        _ => try_port_range(args.local_addr, args.passive_ports.clone()),
+    // drift patch: one pending passive listener per session; the previous
+    // one closes before a new port is taken.
+    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+    let listener = {
+        let mut session = args.session.lock().await;
+        session.close_passive_listener();
+        match session.binder {
+            Some(ref mut binder) => binder.bind(args.local_addr.ip(), args.passive_ports.clone()).await,
+            _ => try_port_range(args.local_addr, args.passive_ports.clone()),
+        }
     };
     let listener = match listener {
         Err(_) => return Ok(Reply::new(ReplyCode::CantOpenDataConnection, "No data connection established")),
@@ -104,12 +111,21 @@ where
     let reply = cmd.build_reply(&args, port).await?;
     if reply.is_positive() {
         setup_inter_loop_comms(args.session.clone(), args.tx_control_chan.clone()).await;
+        args.session.lock().await.passive_cancel = Some(cancel_tx);
         // Open the data connection in a new task and process it.
         // We cannot await this since we first need to let the client know where to connect :-)
         tokio::spawn(async move {
             // Timeout if the client doesn't connect to the socket in a while, to avoid leaving the socket hanging open permanently.
-            let r = tokio::time::timeout(Duration::from_secs(15), listener.accept()).await;
-            match r {
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(15), listener.accept()) => r,
+                _ = cancel_rx => {
+                    slog::debug!(args.logger, "Passive listener replaced or session ended; closing it");
+                    return;
+                }
+            };
+            match accepted {
+                // The cancel sender left in the session is harmless now:
+                // nothing listens to it, and the next PASV replaces it.
                 Ok(Ok((socket, _socket_addr))) => datachan::spawn_processing(args.logger, args.session, socket).await,
                 Ok(Err(e)) => slog::error!(args.logger, "Error waiting for data connection: {}", e),
                 Err(_) => slog::warn!(args.logger, "Client did not connect to data port in time"),

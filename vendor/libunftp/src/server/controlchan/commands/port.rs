@@ -60,6 +60,8 @@ impl Port {
         let (data_abort_tx, data_abort_rx): (Sender<()>, Receiver<()>) = channel(1);
 
         let mut session = session.lock().await;
+        // drift patch: PORT replaces a pending passive listener too.
+        session.close_passive_listener();
         session.data_cmd_tx = Some(cmd_tx);
         session.data_cmd_rx = Some(cmd_rx);
         session.data_abort_tx = Some(data_abort_tx);

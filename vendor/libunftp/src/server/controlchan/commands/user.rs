@@ -34,6 +34,14 @@ where
     async fn handle(&self, args: CommandContext<Storage, Usr>) -> Result<Reply, ControlChanError> {
         let mut session = args.session.lock().await;
         let username_str = std::str::from_utf8(&self.username)?;
+        // drift patch: a name the server's check refuses is answered at
+        // once and never stored, so no later step (lockout tables, logs)
+        // keeps an arbitrary client string.
+        if let Some(check) = args.user_name_check
+            && !check(username_str)
+        {
+            return Ok(Reply::new(ReplyCode::NotLoggedIn, "Invalid user name."));
+        }
         let cert_auth_sufficient = args.auth_pipeline.cert_auth_sufficient(username_str).await;
         match (session.state, &session.cert_chain, cert_auth_sufficient) {
             (SessionState::New, Some(_), true) => {
@@ -258,6 +266,7 @@ mod tests {
                 logger: slog::Logger::root(slog::Discard {}, o!()),
                 sitemd5: Default::default(),
                 site_handlers: Default::default(),
+                user_name_check: None,
             }
         }
     }
