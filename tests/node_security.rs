@@ -136,11 +136,15 @@ fn nul_bytes_and_overlong_names_are_refused() {
     refused(&f.cmd(&format!("MKD {long}")), "MKD 300-byte name");
     let (first, last) = f.stor(&long, b"x");
     assert!(first.0 >= 500 || last.0 >= 500, "STOR 300-byte name: {first:?} {last:?}");
-    let deep = "/abcdefgh".repeat(500);
-    refused(&f.cmd(&format!("MKD {deep}")), "MKD 4500-byte path");
     // The session still works afterwards.
     assert_eq!(f.cmd("NOOP").0, 200);
-    assert_eq!(f.cmd("QUIT").0, 221);
+    // A path longer than PATH_MAX cannot fit the 4 KiB command line: the
+    // line is refused as vsftpd does, and the connection closed.
+    let deep = "/abcdefgh".repeat(500);
+    let r = f.cmd(&format!("MKD {deep}"));
+    assert_eq!(r.0, 500, "MKD 4500-byte path: {r:?}");
+    assert!(r.1.contains("too long"), "{r:?}");
+    assert_eq!(f.reply().0, 0, "the connection stayed open after an over-long line");
     assert_unchanged(&node, &b);
 }
 
@@ -285,11 +289,26 @@ fn session_limits_refuse_with_421_and_free_slots_on_quit() {
     });
     let b = before(&node);
     let mut a1 = Ftp::login(node.addr, "alice", "alice-pw-1");
-    // Per-user limit: a second alice session cannot log in (it stays
-    // connected, holding the second of two connection slots).
+    // Per-user limit: a second alice session gets 421 with the reason and
+    // is closed, which frees its connection slot.
     let mut a2 = Ftp::connect(node.addr);
     assert_eq!(a2.cmd("USER alice").0, 331);
-    assert_eq!(a2.cmd("PASS alice-pw-1").0, 530, "second session of alice");
+    let over = a2.cmd("PASS alice-pw-1");
+    assert_eq!(over.0, 421, "second session of alice: {over:?}");
+    assert!(over.1.contains("too many sessions for alice (1 allowed)"), "{over:?}");
+    assert_eq!(a2.reply().0, 0, "the refused session was not closed");
+    // A connection that has not logged in holds the second of two slots.
+    let mut a2 = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let f = Ftp::connect(node.addr);
+            let ok = f.greeting.0 == 220;
+            a2 = Some(f);
+            ok
+        }),
+        "the slot of the refused session was never freed"
+    );
+    let mut a2 = a2.unwrap();
     // Total limit: a third connection gets 421 and is closed.
     let mut third = Ftp::connect(node.addr);
     assert_eq!(third.greeting.0, 421, "{:?}", third.greeting);

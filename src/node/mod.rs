@@ -17,6 +17,7 @@
 //!
 //! The user-facing description of the files is `docs/node.md`.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -57,7 +58,7 @@ pub enum NodeError {
     Root { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("cannot open the transfer log {path:?}: {source}")]
+    #[error("cannot open the transfer log {path}: {source}")]
     TransferLog { path: xferlog::Destination, source: std::io::Error },
     #[error("the filesystem was unmounted from outside; stopping")]
     MountLost,
@@ -85,9 +86,13 @@ pub fn ensure_homes(root: &Path, state: &state::InitialState) -> Result<(), Node
     Ok(())
 }
 
-/// SIGHUP: reload the initial state for new sessions. Further SIGHUP
-/// duties (e.g. lifting lockouts through `front.lockout`) belong here.
+/// SIGHUP: lift every lockout, reopen the transfer log (after a
+/// rotation) and reload the initial state for new sessions.
 fn on_hup(front: &server::Front, root: &Path, addr: std::net::SocketAddr) {
+    front.lockout.clear();
+    if let Err(e) = front.storage.xferlog.reopen() {
+        tracing::error!(error = %e, "SIGHUP: cannot reopen the transfer log; its lines are being lost");
+    }
     let state = &front.state;
     match state.reload() {
         Ok(summary) => {
@@ -111,6 +116,15 @@ const SESSION_CLOSE_LIMIT: Duration = Duration::from_secs(3);
 pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     // Validate everything before touching the system.
     let state = Arc::new(StateHandle::load(&cfg.users_file, &cfg.service_file)?);
+    // Configured by the node file's [log] section (see docs/node.md).
+    let xferlog = Arc::new(
+        xferlog::TransferLog::open(&cfg.transfer_log.destination, cfg.transfer_log.format).map_err(|source| {
+            NodeError::TransferLog {
+                path: cfg.transfer_log.destination.clone(),
+                source,
+            }
+        })?,
+    );
     let mount = mount::mount(&cfg)?;
     let served_root = match &mount {
         Some(m) => m.mountpoint().to_owned(),
@@ -133,8 +147,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             commit_timeout: cfg.commit_timeout,
             io_chunk: cfg.io_chunk,
             transfers: Arc::new(zerocopy::Transfers::default()),
-            // Configured by the node file's [log] section (see docs/node.md).
-            xferlog: Arc::new(xferlog::TransferLog::open(&cfg.transfer_log.destination, cfg.transfer_log.format).map_err(|source| NodeError::TransferLog { path: cfg.transfer_log.destination.clone(), source })?),
+            xferlog,
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -143,7 +156,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             .map_err(NodeError::Runtime)?;
         let alive = || mount.as_ref().is_none_or(|m| m.is_alive());
         let transfers = ctx.transfers.clone();
-        let outcome = rt.block_on(serve(ctx, &alive, &cfg.service_file));
+        let outcome = rt.block_on(serve(ctx, &alive, &cfg.service_file, cfg.admin_socket.clone()));
         // Sessions have closed (or were given up on after a deadline);
         // what remains are blocking-pool threads, which need no wait.
         rt.shutdown_timeout(Duration::from_millis(100));
@@ -165,7 +178,12 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     result
 }
 
-async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool, service_file: &Path) -> Result<(), NodeError> {
+async fn serve(
+    ctx: Arc<StorageContext>,
+    alive: &dyn Fn() -> bool,
+    service_file: &Path,
+    admin_socket: Option<std::path::PathBuf>,
+) -> Result<(), NodeError> {
     use tokio::signal::unix::{signal, SignalKind};
     let state = ctx.state.clone();
     let root = ctx.served_root.clone();
@@ -177,6 +195,18 @@ async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool, service_file:
         source,
     })?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let admin = admin_socket.map(|path| {
+        let mut stop = stop_rx.clone();
+        let lockout = front.lockout.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = admin::serve(path, lockout, stopped).await {
+                tracing::error!(error = %e, "no admin socket: `drift user unlock` cannot reach this node (SIGHUP still lifts lockouts)");
+            }
+        })
+    });
     let accept = tokio::spawn(front.clone().serve(listener, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
@@ -198,6 +228,9 @@ async fn serve(ctx: Arc<StorageContext>, alive: &dyn Fn() -> bool, service_file:
     transfers.stop();
     let _ = stop_tx.send(true);
     let _ = accept.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     front.stop_sessions();
     if !front.wait_sessions_closed(SESSION_CLOSE_LIMIT).await {
         tracing::warn!(sessions = front.sessions.total(), "sessions still open after shutdown notice; stopping anyway");

@@ -62,7 +62,7 @@ impl Front {
         let state = storage.state.clone();
         let lockout = Arc::new(Lockout::default());
         Front {
-            authenticator: Arc::new(NodeAuthenticator::new(state.clone(), lockout.clone())),
+            authenticator: Arc::new(NodeAuthenticator::new(state.clone(), lockout.clone()).with_transfer_log(storage.xferlog.clone())),
             lockout,
             users: Arc::new(NodeUserProvider::new(state.clone(), storage.served_root.clone())),
             sessions: storage.sessions.clone(),
@@ -170,7 +170,8 @@ impl Front {
         let state = self.state.current();
         let svc = &state.service;
         if !svc.filter.allows(peer.ip()) {
-            tracing::warn!(%peer, "connection refused: address not allowed by the service filter");
+            tracing::debug!(%peer, "connection refused: address not allowed by the service filter");
+            self.storage.xferlog.connect_refused(peer.ip(), "address not allowed by the service filter");
             refuse(&mut stream, "421 Service not available for your address.\r\n").await;
             return;
         }
@@ -178,12 +179,14 @@ impl Front {
         let slot = match self.sessions.try_connect_from(ip, svc.max_sessions, svc.max_sessions_per_address) {
             Ok(slot) => slot,
             Err(ConnectRefusal::Total(max)) => {
-                tracing::warn!(%peer, max, "connection refused: session limit reached");
+                tracing::debug!(%peer, max, "connection refused: session limit reached");
+                self.storage.xferlog.connect_refused(peer.ip(), &format!("session limit reached ({max} allowed)"));
                 refuse(&mut stream, &format!("421 Too many sessions ({max} allowed); try again later.\r\n")).await;
                 return;
             }
             Err(ConnectRefusal::Address(max)) => {
-                tracing::warn!(%peer, max, "connection refused: too many connections from this address");
+                tracing::debug!(%peer, max, "connection refused: too many connections from this address");
+                self.storage.xferlog.connect_refused(peer.ip(), &format!("too many connections from this address ({max} allowed)"));
                 refuse(
                     &mut stream,
                     &format!("421 Too many connections from your address ({max} allowed); try again later.\r\n"),
