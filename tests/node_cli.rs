@@ -295,3 +295,103 @@ fn short_passwords_are_refused() {
     let help = String::from_utf8_lossy(&drift(&["user", "add", "--help"]).stdout).into_owned();
     assert!(help.contains("--min-length") && help.contains("default: 10"), "{help}");
 }
+
+/// A SIGHUP (an operator's reload, logrotate's postrotate) that arrives
+/// while the node is still starting, after the mount and before the serve
+/// loop listens for signals, must not kill it and leave a dead mount:
+/// the node takes it as a reload once it serves.
+#[test]
+fn a_sighup_while_starting_is_a_reload_not_a_crash() {
+    let mut node = TestNode::start(NodeSetup::default());
+    node.stop();
+    assert!(wait_until(Duration::from_secs(10), || !node.is_mounted()), "first node left its mount");
+    // The window is a few milliseconds wide: start several times.
+    for round in 0..5 {
+        let child = Command::new(drift_bin())
+            .args(["node", "--config"])
+            .arg(&node.config)
+            .env("DRIFT_LOG", "info,libunftp=warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        let child = &mut child.0;
+        // From the moment the mount appears until the FTP port answers, send
+        // SIGHUPs back to back (bounded by the deadline).
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !node.is_mounted() {
+            assert!(std::time::Instant::now() < deadline, "the node did not mount");
+            assert!(child.try_wait().unwrap().is_none(), "the node exited before mounting");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let mut sent = 0;
+        let port = loop {
+            assert!(std::time::Instant::now() < deadline, "the node never listened");
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the node died of a SIGHUP sent while it started ({status}, after {sent} signals)");
+            }
+            // The service file says 127.0.0.1:0: find the port the node bound.
+            if let Some(port) = listening_port(pid) {
+                break port;
+            }
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+            sent += 1;
+            std::thread::sleep(Duration::from_micros(50));
+        };
+        assert!(sent > 0, "no SIGHUP was sent while the node started");
+        // And on through the moment it binds its port and starts serving.
+        let until = std::time::Instant::now() + Duration::from_millis(100);
+        while std::time::Instant::now() < until {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the node died of a SIGHUP sent as it began to serve ({status})");
+            }
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--user", "alice:alice-pw-1", "-T", "/etc/hostname"])
+            .arg(format!("ftp://127.0.0.1:{port}/after-hup.txt"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "upload after the SIGHUPs: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(child.try_wait().unwrap().is_none(), "the node died");
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert!(wait_until(Duration::from_secs(20), || child.try_wait().ok().flatten().is_some()), "no exit after SIGTERM");
+        assert!(!node.is_mounted(), "the node left its mount (round {round})");
+    }
+}
+
+/// Kills a node the test started itself if the test fails midway (the
+/// TestNode's own drop then removes any mount left).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The TCP port a process listens on (from /proc/net/tcp and its fds).
+fn listening_port(pid: i32) -> Option<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // st 0A = LISTEN
+        if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+            u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()
+        } else {
+            None
+        }
+    })
+}

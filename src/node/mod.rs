@@ -108,12 +108,45 @@ fn on_hup(front: &server::Front, root: &Path, addr: std::net::SocketAddr) {
     }
 }
 
+/// SIGINT/SIGTERM and SIGHUP that arrive before the serve loop listens for
+/// them (while mounting, creating homes, binding). Without these flags
+/// their default action would kill the node: a SIGHUP sent as soon as the
+/// node logs that it listens, or a SIGTERM during the mount, would leave a
+/// dead mount behind.
+struct EarlySignals {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    hup: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EarlySignals {
+    fn install() -> Result<EarlySignals, NodeError> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let early = EarlySignals {
+            stop: Arc::default(),
+            hup: Arc::default(),
+        };
+        for (sig, flag) in [(SIGINT, &early.stop), (SIGTERM, &early.stop), (SIGHUP, &early.hup)] {
+            signal_hook::flag::register(sig, flag.clone()).map_err(NodeError::Runtime)?;
+        }
+        Ok(early)
+    }
+
+    fn take_stop(&self) -> bool {
+        self.stop.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn take_hup(&self) -> bool {
+        self.hup.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// How long shutdown waits for sessions to close after telling them.
 const SESSION_CLOSE_LIMIT: Duration = Duration::from_secs(3);
 
 /// Runs a node until SIGINT/SIGTERM: loads the initial state, mounts,
 /// serves FTP, reloads on SIGHUP, then stops the server and unmounts.
 pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
+    let early = EarlySignals::install()?;
     // Validate everything before touching the system.
     let state = Arc::new(StateHandle::load(&cfg.users_file, &cfg.service_file)?);
     // Configured by the node file's [log] section (see docs/node.md).
@@ -156,7 +189,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             .map_err(NodeError::Runtime)?;
         let alive = || mount.as_ref().is_none_or(|m| m.is_alive());
         let transfers = ctx.transfers.clone();
-        let outcome = rt.block_on(serve(ctx, &alive, &cfg.service_file, cfg.admin_socket.clone()));
+        let outcome = rt.block_on(serve(ctx, &alive, &cfg.service_file, cfg.admin_socket.clone(), &early));
         // Sessions have closed (or were given up on after a deadline);
         // what remains are blocking-pool threads, which need no wait.
         rt.shutdown_timeout(Duration::from_millis(100));
@@ -183,6 +216,7 @@ async fn serve(
     alive: &dyn Fn() -> bool,
     service_file: &Path,
     admin_socket: Option<std::path::PathBuf>,
+    early: &EarlySignals,
 ) -> Result<(), NodeError> {
     use tokio::signal::unix::{signal, SignalKind};
     let state = ctx.state.clone();
@@ -215,12 +249,21 @@ async fn serve(
     let sig = |k| signal(k).map_err(NodeError::Runtime);
     let (mut int, mut term, mut hup) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?, sig(SignalKind::hangup())?);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let outcome = loop {
-        tokio::select! {
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break Ok(()) }
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()) }
-            _ = hup.recv() => on_hup(&front, &root, addr),
-            _ = tick.tick() => if !alive() { break Err(NodeError::MountLost) },
+    // Signals that came before the handlers above were installed.
+    if early.take_hup() {
+        on_hup(&front, &root, addr);
+    }
+    let outcome = if early.take_stop() {
+        tracing::info!("stop signal received while starting: stopping");
+        Ok(())
+    } else {
+        loop {
+            tokio::select! {
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); break Ok(()) }
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()) }
+                _ = hup.recv() => on_hup(&front, &root, addr),
+                _ = tick.tick() => if !alive() { break Err(NodeError::MountLost) },
+            }
         }
     };
     // Stop transfers and accepting, then tell every client (421) and wait
