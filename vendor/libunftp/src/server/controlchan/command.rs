@@ -139,6 +139,23 @@ pub enum Command {
     /// A SITE subcommand that is not built-in (i.e. not SITE MD5). When a developer registers a
     /// handler via [`ServerBuilder::site_command`](crate::ServerBuilder::site_command) the
     /// `command` field will match the registered name.
+    /// drift patch: `MFMT time path` (set a file's modification time).
+    Mfmt {
+        /// The raw arguments: the time, a space, the path.
+        arguments: String,
+    },
+    /// drift patch: `HASH path` (draft-bryan-ftpext-hash).
+    Hash {
+        /// The path.
+        path: String,
+    },
+    /// drift patch: a command whose path argument is not valid UTF-8,
+    /// refused with 553 (never mapped to U+FFFD, so two names never become
+    /// one file).
+    BadName {
+        /// The refused command's name.
+        command: String,
+    },
     Site {
         /// The SITE subcommand name, normalised to uppercase.
         command: String,

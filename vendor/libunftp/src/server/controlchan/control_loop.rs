@@ -552,6 +552,10 @@ where
             Command::Mlsd { .. } => Box::new(commands::Mlsd),
             Command::Appe { .. } => Box::new(commands::Appe),
             Command::Site { command, arguments } => Box::new(commands::Site::new(command, arguments)),
+            // drift patch: the commands drift adds.
+            Command::Mfmt { arguments } => Box::new(commands::Mfmt::new(arguments)),
+            Command::Hash { path } => Box::new(commands::Hash::new(path)),
+            Command::BadName { command } => Box::new(commands::BadName::new(command)),
             Command::Other { .. } => return Ok(Reply::new(ReplyCode::CommandSyntaxError, "Command not implemented")),
         };
 

@@ -70,6 +70,7 @@ pub use help::Help;
 pub use list::List;
 pub use mdtm::Mdtm;
 pub use mfmt::Mfmt;
+pub use site_drift::BadName;
 pub use mkd::Mkd;
 pub use mlsd::Mlsd;
 pub use mlst::Mlst;

@@ -9,7 +9,6 @@ use crate::{
     storage::{Metadata, StorageBackend},
 };
 use super::site_drift;
-use crate::server::controlchan::line_parser::internal;
 use async_trait::async_trait;
 
 #[derive(Debug)]
@@ -54,12 +53,9 @@ where
 {
     #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, context: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
-        // drift patch: commands drift adds (see line_parser::internal and
-        // site_drift.rs) before the registered SITE handlers.
+        // drift patch: the SITE commands drift adds (site_drift.rs) before
+        // the registered SITE handlers.
         match self.command.as_str() {
-            internal::MFMT => return super::Mfmt::new(self.arguments.clone()).handle(context).await,
-            internal::HASH => return super::Hash::new(self.arguments.clone()).handle(context).await,
-            internal::BAD_NAME => return Ok(site_drift::bad_name(&context, &self.arguments).await),
             "CHMOD" => return Ok(site_drift::chmod(&context, &self.arguments).await),
             "HELP" => return Ok(site_drift::help(&context)),
             _ => {}

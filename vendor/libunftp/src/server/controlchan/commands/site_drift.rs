@@ -83,6 +83,31 @@ where
     Reply::new(ReplyCode::BadFileName, "File name not allowed: not valid UTF-8")
 }
 
+/// drift patch: the handler of [`Command::BadName`](crate::server::controlchan::Command::BadName).
+#[derive(Debug)]
+pub struct BadName {
+    command: String,
+}
+
+impl BadName {
+    pub fn new(command: String) -> Self {
+        BadName { command }
+    }
+}
+
+#[async_trait::async_trait]
+impl<Storage, User> crate::server::controlchan::handler::CommandHandler<Storage, User> for BadName
+where
+    User: UserDetail + 'static,
+    Storage: StorageBackend<User> + 'static,
+    Storage::Metadata: Metadata,
+{
+    #[tracing_attributes::instrument(skip_all)]
+    async fn handle(&self, context: CommandContext<Storage, User>) -> Result<Reply, crate::server::controlchan::error::ControlChanError> {
+        Ok(bad_name(&context, &self.command).await)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_chmod;

@@ -8,5 +8,3 @@ mod parser;
 mod tests;
 
 pub use parser::parse;
-/// drift patch: internal command names (see `parser::internal`).
-pub(crate) use parser::internal;

@@ -25,10 +25,7 @@ where
     // mapped to U+FFFD: two different byte strings must never name one
     // file. Checked here, where the raw bytes still exist.
     if takes_path(&cmd_token, cmd_params) && str::from_utf8(&parse_to_eol(cmd_params)?).is_err() {
-        return Ok(Command::Site {
-            command: internal::BAD_NAME.to_string(),
-            arguments: cmd_token,
-        });
+        return Ok(Command::BadName { command: cmd_token });
     }
 
     let cmd = match &*cmd_token {
@@ -391,16 +388,17 @@ where
             let file = String::from_utf8_lossy(&params).to_string().into();
             Command::Mdtm { file }
         }
-        // drift patch: MFMT and HASH reach their handlers through the SITE
-        // dispatcher under internal names (see `internal`).
+        // drift patch: MFMT and HASH.
         "MFMT" | "HASH" => {
             let params = parse_to_eol(cmd_params)?;
             if params.is_empty() {
                 return Err(ParseErrorKind::InvalidCommand.into());
             }
-            Command::Site {
-                command: if cmd_token == "MFMT" { internal::MFMT } else { internal::HASH }.to_string(),
-                arguments: str::from_utf8(&params)?.to_string(),
+            let arguments = str::from_utf8(&params)?.to_string();
+            if cmd_token == "MFMT" {
+                Command::Mfmt { arguments }
+            } else {
+                Command::Hash { path: arguments }
             }
         }
         "SITE" => {
@@ -436,20 +434,6 @@ where
     };
 
     Ok(cmd)
-}
-
-/// drift patch: commands drift adds without new `Command` variants (the
-/// control loop's dispatch table is not part of this patch) travel as
-/// `Command::Site` under these names. A client's SITE subcommand is
-/// upper-cased, so it can never spell a name with lower-case letters.
-pub(crate) mod internal {
-    /// `MFMT time path`.
-    pub const MFMT: &str = "drift:MFMT";
-    /// `HASH path`.
-    pub const HASH: &str = "drift:HASH";
-    /// A command whose path argument is not valid UTF-8; the argument
-    /// holds the command's name.
-    pub const BAD_NAME: &str = "drift:BAD-NAME";
 }
 
 /// drift patch: whether `verb`'s argument is a path (for `SITE`, its

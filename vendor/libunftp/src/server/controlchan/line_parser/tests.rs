@@ -738,10 +738,7 @@ fn parse_non_utf8_paths_are_refused() {
     ] {
         assert_eq!(
             parse(input.to_vec()),
-            Ok(Command::Site {
-                command: super::parser::internal::BAD_NAME.to_string(),
-                arguments: verb.to_string(),
-            })
+            Ok(Command::BadName { command: verb.to_string() })
         );
     }
     assert_eq!(parse("STOR hx_ÿþ.bin\r\n"), Ok(Command::Stor { path: "hx_ÿþ.bin".into() }));
@@ -750,21 +747,13 @@ fn parse_non_utf8_paths_are_refused() {
 // drift patch: MFMT, HASH and OPTS HASH.
 #[test]
 fn parse_drift_commands() {
-    use super::parser::internal;
     assert_eq!(
         parse("MFMT 20200102030405 a b.txt\r\n"),
-        Ok(Command::Site {
-            command: internal::MFMT.to_string(),
+        Ok(Command::Mfmt {
             arguments: "20200102030405 a b.txt".to_string(),
         })
     );
-    assert_eq!(
-        parse("hash dir/f\r\n"),
-        Ok(Command::Site {
-            command: internal::HASH.to_string(),
-            arguments: "dir/f".to_string(),
-        })
-    );
+    assert_eq!(parse("hash dir/f\r\n"), Ok(Command::Hash { path: "dir/f".to_string() }));
     assert_eq!(
         parse("OPTS HASH SHA-256\r\n"),
         Ok(Command::Opts {
@@ -774,9 +763,4 @@ fn parse_drift_commands() {
         })
     );
     assert_eq!(parse("OPTS HASH\r\n"), Ok(Command::Opts { option: Opt::Hash { algorithm: None } }));
-    // A client's SITE subcommand can never reach an internal name.
-    match parse("SITE drift:MFMT x\r\n") {
-        Ok(Command::Site { command, .. }) => assert_eq!(command, "DRIFT:MFMT"),
-        other => panic!("{other:?}"),
-    }
 }
