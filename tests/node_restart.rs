@@ -28,6 +28,9 @@ fn drift_mount_killed_then_started_again_serves_and_continues_the_journal() {
     let s = Scratch::new();
     let mut m = s.mount();
     std::fs::write(s.mnt.join("before.txt"), b"written before the crash").unwrap();
+    // A file is journaled when the kernel releases it, after close(2):
+    // wait for it, so the order of the two entries is known.
+    assert!(wait_until(std::time::Duration::from_secs(10), || s.entries().len() == 1));
     std::fs::create_dir(s.mnt.join("dir")).unwrap();
     assert!(wait_until(std::time::Duration::from_secs(10), || s.entries().len() == 2));
     m.stop_with(libc::SIGKILL);

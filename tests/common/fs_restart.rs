@@ -3,10 +3,9 @@
 //! waiting for a mount to be dead (its daemon gone).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,39 +38,10 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts a node on `config` and waits for its "node listening" line.
     pub fn start(config: &Path, mnt: &Path) -> NodeProc {
-        let mut child = Command::new(drift_bin())
-            .args(["node", "--config"])
-            .arg(config)
-            .env("DRIFT_LOG", "info,libunftp=warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn drift node");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut node = NodeProc { child: Some(child), addr: "127.0.0.1:0".parse().unwrap(), mnt: mnt.to_owned(), logs };
-        let mut addr = None;
-        wait_until(Duration::from_secs(30), || {
-            if let Some(line) = node.logs.lock().unwrap().iter().find(|l| l.contains("node listening")) {
-                addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).and_then(|a| a.parse().ok());
-                return true;
-            }
-            node.child.as_mut().unwrap().try_wait().ok().flatten().is_some()
-        });
-        match addr {
-            Some(a) => node.addr = a,
-            None => panic!("drift node did not start again:\n{}", node.logs()),
-        }
-        node
+        let mut cmd = Command::new(drift_bin());
+        cmd.args(["node", "--config"]).arg(config).env("DRIFT_LOG", "info,libunftp=warn");
+        let spawned = super::node::spawn_node(&mut cmd);
+        NodeProc { child: Some(spawned.child), addr: spawned.addr, mnt: mnt.to_owned(), logs: spawned.logs }
     }
 
     pub fn logs(&self) -> String {

@@ -121,6 +121,56 @@ pub struct TestNode {
     logs: Arc<Mutex<Vec<String>>>,
 }
 
+/// A running `drift node` process with its standard error captured line
+/// by line (echoed with `DRIFT_TEST_LOG=1`), started by [`spawn_node`].
+pub struct Spawned {
+    pub child: Child,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub addr: SocketAddr,
+}
+
+/// Spawns `cmd` (a `drift node ...` command; its stdio is set here) and
+/// waits up to 30 s for its "node listening" line; panics with the log if
+/// it exits or never listens.
+pub fn spawn_node(cmd: &mut Command) -> Spawned {
+    let mut child = cmd
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn drift node");
+    let stderr = child.stderr.take().expect("stderr");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = logs.clone();
+    let echo = std::env::var_os("DRIFT_TEST_LOG").is_some();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if echo {
+                eprintln!("[node] {line}");
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut addr = None;
+    let up = wait_until(Duration::from_secs(30), || {
+        if let Some(line) = logs.lock().unwrap().iter().find(|l| l.contains("node listening")) {
+            addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).and_then(|a| a.parse().ok());
+            return true;
+        }
+        child.try_wait().ok().flatten().is_some()
+    });
+    match addr {
+        Some(addr) if up => Spawned { child, logs, addr },
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("drift node did not start:\n{}", logs.lock().unwrap().join("\n"))
+        }
+    }
+}
+
 pub fn write_service(path: &Path, extra: &str) {
     let text = format!(
         "listen = \"127.0.0.1:0\"\ngreeting = \"drift test node\"\npassive_ports = [30000, 60000]\nidle_timeout_secs = 60\n{extra}\n"
@@ -177,44 +227,12 @@ impl TestNode {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(drift_bin())
-            .args(["node", "--config"])
-            .arg(&self.config)
-            .env("DRIFT_LOG", "info,libunftp=warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn drift node");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = self.logs.clone();
-        let echo = std::env::var_os("DRIFT_TEST_LOG").is_some();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if echo {
-                    eprintln!("[node] {line}");
-                }
-                logs.lock().unwrap().push(line);
-            }
-        });
-        self.child = Some(child);
-        let mut addr = None;
-        let ok = wait_until(Duration::from_secs(30), || {
-            if let Some(line) = self.logs.lock().unwrap().iter().find(|l| l.contains("node listening")) {
-                addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .and_then(|a| a.parse().ok());
-                return true;
-            }
-            self.child.as_mut().unwrap().try_wait().ok().flatten().is_some()
-        });
-        match addr {
-            Some(a) if ok => self.addr = a,
-            _ => panic!("drift node did not start:\n{}", self.logs()),
-        }
+        let mut cmd = Command::new(drift_bin());
+        cmd.args(["node", "--config"]).arg(&self.config).env("DRIFT_LOG", "info,libunftp=warn");
+        let node = spawn_node(&mut cmd);
+        self.child = Some(node.child);
+        self.logs = node.logs;
+        self.addr = node.addr;
     }
 
     pub fn port(&self) -> u16 {

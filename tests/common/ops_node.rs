@@ -6,10 +6,9 @@
 //! node.toml additions.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,52 +54,21 @@ impl OpsNode {
         )
         .unwrap();
         let mut cmd = Command::new(drift_bin());
-        cmd.args(["node", "--config"]).arg(&config).env("NO_COLOR", "1");
+        cmd.args(["node", "--config"]).arg(&config);
         match log_filter {
             Some(f) => cmd.env("DRIFT_LOG", f),
             None => cmd.env_remove("DRIFT_LOG"),
         };
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn drift node");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let echo = std::env::var_os("DRIFT_TEST_LOG").is_some();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if echo {
-                    eprintln!("[node] {line}");
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut node = OpsNode {
+        let spawned = super::node::spawn_node(&mut cmd);
+        OpsNode {
             dir,
             mnt,
             config,
             users_file,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            child: Some(child),
-            logs,
-        };
-        let mut addr = None;
-        let up = wait_until(Duration::from_secs(30), || {
-            if let Some(line) = node.logs.lock().unwrap().iter().find(|l| l.contains("node listening")) {
-                addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).and_then(|a| a.parse().ok());
-                return true;
-            }
-            node.child.as_mut().unwrap().try_wait().ok().flatten().is_some()
-        });
-        match addr {
-            Some(a) if up => node.addr = a,
-            _ => panic!("drift node did not start:\n{}", node.logs()),
+            addr: spawned.addr,
+            child: Some(spawned.child),
+            logs: spawned.logs,
         }
-        node
     }
 
     pub fn port(&self) -> u16 {
