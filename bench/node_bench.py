@@ -89,7 +89,7 @@ def drift_node(drift, work, name, fuse, fsync, passive):
     p = subprocess.run(
         [drift, "user", "add", "bench", "--users", os.path.join(d, "users.toml"),
          "--home", "/bench", "--perm", "list,read,write,delete,mkdir,rename"],
-        input="bench-pw\n", text=True, capture_output=True,
+        input="bench-pw-12\n", text=True, capture_output=True,
     )
     if p.returncode != 0:
         raise SystemExit(p.stderr)
@@ -104,7 +104,7 @@ def drift_node(drift, work, name, fuse, fsync, passive):
     proc = subprocess.Popen([drift, "node", "--config", os.path.join(d, "node.toml")],
                             stderr=log, stdout=log, env=dict(os.environ, DRIFT_LOG="warn"))
     wait_port(port, proc)
-    return proc, f"ftp://127.0.0.1:{port}/", ["--user", "bench:bench-pw"], os.path.join(d, "backing", "bench")
+    return proc, f"ftp://127.0.0.1:{port}/", ["--user", "bench:bench-pw-12"], os.path.join(d, "backing", "bench")
 
 
 def vsftpd(work, passive):

@@ -66,7 +66,7 @@ def tree_digest(root):
 
 
 def credentials(server_key):
-    return ("anonymous", "bench") if server_key == "c" else ("bench", "bench-pw")
+    return ("anonymous", "bench") if server_key == "c" else ("bench", "bench-pw-12")
 
 
 def lftp(url, user, password, script):

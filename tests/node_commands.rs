@@ -287,6 +287,12 @@ fn site_chmod_sets_permission_bits_and_is_journaled() {
     let attrs: Vec<_> = node.journal_since(since).into_iter().filter(|e| e["op"] == "attr").collect();
     assert_eq!(attrs.len(), 1, "{attrs:?}");
     assert_eq!((attrs[0]["path"].as_str(), attrs[0]["mode"].as_u64()), (Some("/alice/p.txt"), Some(0o640)));
+    // The same mode again (what `lftp mirror -R` sends for most files)
+    // succeeds and journals nothing: nothing changed.
+    let since = node.last_seq();
+    assert_eq!(f.cmd("SITE CHMOD 640 p.txt").0, 200);
+    assert_eq!(f.cmd("NOOP").0, 200);
+    assert!(node.journal_since(since).is_empty(), "{:?}", node.journal_since(since));
     // setuid and friends are refused; so is a user without `write`.
     assert_eq!(f.cmd("SITE CHMOD 4755 p.txt").0, 550);
     assert_eq!(f.cmd("SITE CHMOD 9 p.txt").0, 501);

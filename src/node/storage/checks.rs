@@ -137,6 +137,16 @@ impl DriftStorage {
         }
         let home = self.session()?.home.clone();
         let done = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            if let Attr::Mode(m) = attr {
+                // Clients that mirror a tree (lftp) send SITE CHMOD for
+                // every file, mostly with the mode it already has: a stat
+                // answers that without opening the file, and nothing is
+                // journaled for a change that changes nothing.
+                use cap_std::fs::PermissionsExt;
+                if home.metadata(&rel)?.permissions().mode() & 0o7777 == m {
+                    return Ok(());
+                }
+            }
             let f = home.open(&rel)?.into_std();
             match attr {
                 Attr::Modified(t) => f.set_modified(t),
