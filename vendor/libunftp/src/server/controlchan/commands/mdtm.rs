@@ -1,7 +1,6 @@
 use crate::{
     auth::UserDetail,
     server::{
-        chancomms::ControlChanMsg,
         controlchan::{
             Reply, ReplyCode,
             error::ControlChanError,
@@ -13,7 +12,6 @@ use crate::{
 use async_trait::async_trait;
 use chrono::{DateTime, offset::Utc};
 use std::{path::PathBuf, sync::Arc};
-use tokio::sync::mpsc::Sender;
 
 const RFC3659_TIME: &str = "%Y%m%d%H%M%S";
 
@@ -37,53 +35,24 @@ where
 {
     #[tracing_attributes::instrument(skip_all)]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
-        let session = args.session.lock().await;
-        let user = session.user.clone();
-        let storage = Arc::clone(&session.storage);
-        let path = session.cwd.join(self.path.clone());
-        let tx_success: Sender<ControlChanMsg> = args.tx_control_chan.clone();
-        let tx_fail: Sender<ControlChanMsg> = args.tx_control_chan.clone();
-        let logger = args.logger;
-
-        tokio::spawn(async move {
-            match storage.metadata((*user).as_ref().unwrap(), &path).await {
-                Ok(metadata) => {
-                    let modification_time = match metadata.modified() {
-                        Ok(v) => Some(v),
-                        Err(err) => {
-                            slog::debug!(
-                                logger,
-                                "MDTM: Could not get the modified time from the fetched metadata for path {:?}: {}",
-                                path,
-                                err
-                            );
-                            if let Err(err) = tx_fail.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await {
-                                slog::warn!(logger, "MDTM: Could not send internal message to notify of MDTM failure: {}", err);
-                            };
-                            None
-                        }
-                    };
-
-                    if let Some(mtime) = modification_time {
-                        slog::debug!(logger, "MDTM: Successfully fetched modification time for path {:?}", path);
-                        if let Err(err) = tx_success
-                            .send(ControlChanMsg::CommandChannelReply(Reply::new_with_string(
-                                ReplyCode::FileStatus,
-                                DateTime::<Utc>::from(mtime).format(RFC3659_TIME).to_string(),
-                            )))
-                            .await
-                        {
-                            slog::warn!(logger, "MDTM: Could not send internal message to notify of MDTM success: {}", err);
-                        }
-                    }
-                }
-                Err(err) => {
-                    if let Err(err) = tx_fail.send(ControlChanMsg::CommandChannelReply(super::drift_reply::storage_reply(&err))).await {
-                        slog::debug!(logger, "{}", err);
-                    }
-                }
+        // drift patch: answered inline. Upstream spawned a task that sent
+        // the reply back through the control loop's message channel: a
+        // task, a channel hop and a loop turn on every MDTM, which
+        // `lftp mirror` sends for every file it downloads.
+        let (user, storage, path) = {
+            let session = args.session.lock().await;
+            (session.user.clone(), Arc::clone(&session.storage), session.cwd.join(self.path.clone()))
+        };
+        let Some(user) = (*user).as_ref() else {
+            return Ok(Reply::new(ReplyCode::NotLoggedIn, "Please authenticate"));
+        };
+        let reply = match storage.metadata(user, &path).await.and_then(|m| m.modified()) {
+            Ok(mtime) => Reply::new_with_string(ReplyCode::FileStatus, DateTime::<Utc>::from(mtime).format(RFC3659_TIME).to_string()),
+            Err(err) => {
+                slog::debug!(args.logger, "MDTM: no modification time for {:?}: {}", path, err);
+                super::drift_reply::storage_reply(&err)
             }
-        });
-        Ok(Reply::none())
+        };
+        Ok(reply)
     }
 }
