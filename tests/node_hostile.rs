@@ -133,10 +133,13 @@ fn invalid_user_names_are_refused_at_once() {
 #[test]
 fn a_new_pasv_replaces_the_pending_listener() {
     let node = node_with("");
-    // Three passive ports, for sessions started after the reload.
+    // Three passive ports, for sessions started after the reload: free
+    // now, and below the kernel's ephemeral range (32768 and up), so no
+    // client socket of a test running beside this one takes them.
+    let base = free_port_window(3);
     std::fs::write(
         &node.service_file,
-        "listen = \"127.0.0.1:0\"\npassive_ports = [41000, 41002]\n",
+        format!("listen = \"127.0.0.1:0\"\npassive_ports = [{base}, {}]\n", base + 2),
     )
     .unwrap();
     node.signal(libc::SIGHUP);
@@ -316,4 +319,15 @@ fn small_transfers_do_not_wait_for_delayed_acks() {
     let (s, r) = (stor[stor.len() / 2], retr[retr.len() / 2]);
     eprintln!("median 1-byte STOR {s:?}, RETR {r:?}");
     assert!(s < Duration::from_millis(20) && r < Duration::from_millis(20), "median STOR {s:?}, RETR {r:?}");
+}
+
+/// The first port of `n` consecutive ports in 20000..30000 that can all be
+/// bound on 127.0.0.1 now (the start depends on the process id, so two
+/// test runs at once look in different places).
+fn free_port_window(n: u16) -> u16 {
+    let start = 20_000 + (std::process::id() % 3_000) as u16 * 3;
+    (0..3_000u16)
+        .map(|i| 20_000 + (start - 20_000 + i * n) % 9_990)
+        .find(|&base| (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()))
+        .expect("no free window of passive ports in 20000..30000")
 }
