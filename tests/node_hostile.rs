@@ -331,3 +331,42 @@ fn free_port_window(n: u16) -> u16 {
         .find(|&base| (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()))
         .expect("no free window of passive ports in 20000..30000")
 }
+
+/// Commands that answer through the session (RNFR, RNTO, CWD, DELE) while
+/// a download is in flight, then the download's end: every reply comes,
+/// the rename happens, and the session (and its slot) stays usable. The
+/// loop once waited for the session's lock while a handler's task held
+/// it and waited for the loop, which hung the session for good.
+#[test]
+fn commands_during_a_transfer_are_answered_and_the_session_lives_on() {
+    let node = node_with("[sessions]\nmax_total = 2\n");
+    let big = data(16 * 1024 * 1024, 5);
+    std::fs::write(node.backing.join("alice/big.bin"), &big).unwrap();
+    for round in 0..10 {
+        std::fs::write(node.backing.join("alice/a"), b"to be renamed").unwrap();
+        let mut c = Raw::login(node.addr, "alice", "alice-pw-1");
+        let port = c.pasv_port();
+        let mut data_conn = TcpStream::connect(SocketAddr::new(c.peer().ip(), port)).unwrap();
+        assert_eq!(c.cmd("RETR big.bin").0, 150, "round {round}");
+        // The download is stalled on the unread data connection. The
+        // commands may be answered before or after its 226 (RFC 959 lets a
+        // server hold them until the transfer ends), but all of them, in
+        // order.
+        c.send(b"RNFR a\r\nRNTO b\r\nCWD /\r\nNOOP\r\nRNFR b\r\n");
+        let got = std::io::Read::read_to_end(&mut data_conn, &mut Vec::new()).expect("reading the download");
+        assert_eq!(got, big.len(), "round {round}");
+        let replies: Vec<(u32, String)> = (0..6).map(|_| c.reply()).collect();
+        let codes: Vec<u32> = replies.iter().map(|r| r.0).collect();
+        let answers: Vec<u32> = codes.iter().copied().filter(|&c| c != 226).collect();
+        assert_eq!(answers, vec![350, 250, 250, 200, 350], "round {round}: {replies:?}");
+        assert_eq!(codes.iter().filter(|&&c| c == 226).count(), 1, "round {round}: {codes:?}");
+        assert_eq!(c.cmd("RNTO c").0, 250, "round {round}");
+        assert_eq!(std::fs::read(node.backing.join("alice/c")).unwrap(), b"to be renamed");
+        std::fs::remove_file(node.backing.join("alice/c")).unwrap();
+        assert_eq!(c.cmd("QUIT").0, 221, "round {round}");
+        assert!(c.closed_within(Duration::from_secs(5)), "round {round}: the session did not close");
+    }
+    // The slots were freed each time: two sessions at once still fit.
+    let _a = Raw::login(node.addr, "alice", "alice-pw-1");
+    let _b = Raw::login(node.addr, "alice", "alice-pw-1");
+}

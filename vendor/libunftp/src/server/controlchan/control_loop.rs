@@ -134,6 +134,10 @@ where
         slog::o!("trace-id" => format!("{}", session.trace_id), "source" => format!("{}", session.control_connection.map(|p| p.source).unwrap_or(session.source))),
     );
 
+    // drift patch: a USER replaces the name on this base logger instead of
+    // nesting a new logger each time (a chain that grew with every USER).
+    let base_logger = logger.clone();
+
     let shared_session: SharedSession<Storage, User> = Arc::new(Mutex::new(session));
 
     let event_chain = PrimaryEventHandler {
@@ -216,12 +220,21 @@ where
         slog::info!(logger, "Starting control loop");
         let mut pending: VecDeque<ControlChanMsg> = VecDeque::new();
         let mut awaiting_reply = false;
+        // drift patch: the loop never waits for the session lock while it
+        // is not draining `control_msg_rx`: a handler's task may hold the
+        // lock while its send on that channel waits for the loop (RNFR
+        // during a transfer did: the session hung for good, its slot
+        // leaked). It reads the state with `try_lock` and keeps the last
+        // value it saw.
+        let mut logged_in = false;
         loop {
             let incoming = match pending.pop_front() {
                 Some(msg) => Some(Ok(Event::InternalMsg(msg))),
                 None => {
                     // drift patch: before login the (shorter) login timeout applies.
-                    let logged_in = shared_session.lock().await.state == SessionState::WaitCmd;
+                    if let Ok(session) = shared_session.try_lock() {
+                        logged_in = session.state == SessionState::WaitCmd;
+                    }
                     let timeout = if logged_in { idle_session_timeout } else { login_timeout };
                     let timeout_delay = tokio::time::sleep(timeout);
                     tokio::select! {
@@ -242,12 +255,11 @@ where
                                 Some(Ok(Event::InternalMsg(ControlChanMsg::ExitControlLoop)))
                             }
                         },
-                        _ = timeout_delay => {
-                            let session = shared_session.lock().await;
-                            match session.data_busy {
-                                true => None,
-                                false => Some(Err(ControlChanError::new(ControlChanErrorKind::ControlChannelTimeout))),
-                            }
+                        _ = timeout_delay => match shared_session.try_lock() {
+                            Ok(session) if !session.data_busy => Some(Err(ControlChanError::new(ControlChanErrorKind::ControlChannelTimeout))),
+                            // Busy with a transfer, or a handler holds the
+                            // session: look again on the next turn.
+                            _ => None,
                         }
                     }
                 }
@@ -256,8 +268,18 @@ where
                 None => {} // Loop again
                 Some(Ok(Event::InternalMsg(ControlChanMsg::ExitControlLoop))) => {
                     let _ = event_chain.handle(Event::InternalMsg(ControlChanMsg::ExitControlLoop)).await;
-                    // drift patch: a pending passive listener dies with the session.
-                    shared_session.lock().await.close_passive_listener();
+                    // drift patch: a pending passive listener dies with the
+                    // session. Messages still sent meanwhile are dropped, so
+                    // a handler's task holding the lock can finish.
+                    let mut session = loop {
+                        tokio::select! {
+                            biased;
+                            session = shared_session.lock() => break session,
+                            Some(_) = control_msg_rx.recv() => {}
+                        }
+                    };
+                    session.close_passive_listener();
+                    drop(session);
                     if let Some(tx) = switchboard_msg_tx
                         && let Err(err) = tx.send(SwitchboardMessage::CloseDataPortCommand(shared_session.clone())).await
                     {
@@ -312,15 +334,22 @@ where
 
                     if let Event::Command(Command::User { username }) = &event {
                         // Bounded by the command line limit; a name that
-                        // fails the node's check is refused by USER.
+                        // fails the node's check is refused by USER. It
+                        // replaces the previous one (see `base_logger`).
                         let s: String = String::from_utf8_lossy(username).into();
-                        logger = logger.new(slog::o!("username" => s));
+                        logger = base_logger.new(slog::o!("username" => s));
                     }
 
                     // TODO: Handle Event::InternalMsg(InternalMsg::PlaintextControlChannel)
 
                     let is_command = matches!(event, Event::Command(_));
-                    if !is_command {
+                    // drift patch: only a command's own answer ends the wait
+                    // for it; the end of a transfer still running (its 226)
+                    // does not, or a pipelined `RNTO` would run before the
+                    // `RNFR` it follows had answered.
+                    if let Event::InternalMsg(msg) = &event
+                        && !from_data_channel(msg)
+                    {
                         awaiting_reply = false;
                     }
                     // drift patch: drain the message channel while the
@@ -338,7 +367,11 @@ where
                     };
                     let (reply, close) = match handled {
                         Ok(reply) => {
-                            awaiting_reply = is_command && matches!(reply, Reply::None);
+                            // A message's handling leaves the wait as the
+                            // check above set it.
+                            if is_command {
+                                awaiting_reply = matches!(reply, Reply::None);
+                            }
                             (reply, false)
                         }
                         Err(e) => handle_control_channel_error(&logger, e),
@@ -371,6 +404,24 @@ where
     });
 
     Ok(jh)
+}
+
+/// drift patch: messages the data channel sends when a transfer ends, as
+/// opposed to the answers of commands that reply through a message.
+fn from_data_channel(msg: &ControlChanMsg) -> bool {
+    matches!(
+        msg,
+        ControlChanMsg::SentData { .. }
+            | ControlChanMsg::WrittenData { .. }
+            | ControlChanMsg::DirectorySuccessfullyListed
+            | ControlChanMsg::DirectoryListFailure
+            | ControlChanMsg::WriteFailed
+            | ControlChanMsg::ConnectionReset
+            | ControlChanMsg::DataConnectionClosedAfterStor
+            | ControlChanMsg::StorageError(_)
+            | ControlChanMsg::PermissionDenied
+            | ControlChanMsg::NotFound
+    )
 }
 
 // gets the reply to be sent to the client and tells if the connection should be closed.
