@@ -107,14 +107,22 @@ struct MountEntry {
     point: Vec<u8>,
     fstype: String,
     source: String,
+    /// The super block options (`rw,user_id=0,group_id=0,...`).
+    super_opts: String,
 }
 
 impl MountEntry {
-    /// Mounted by drift: as root drift mounts with fstype `fuse` and the
-    /// source `drift:BACKING`; through fusermount3 the fstype is
-    /// `fuse.drift`.
+    /// Mounted by drift, as this user: as root drift mounts with fstype
+    /// `fuse` and the source `drift:BACKING`; through fusermount3 the
+    /// fstype is `fuse.drift`. The source is any FUSE program's free
+    /// choice (`-o fsname=`), so the mount's owner (`user_id=` in the super
+    /// block options) must be us too: another user's or program's dead
+    /// mount is never detached.
     fn is_drift(&self) -> bool {
-        self.fstype == "fuse.drift" || (self.fstype.starts_with("fuse") && self.source.starts_with("drift:"))
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let owner = format!("user_id={}", unsafe { libc::geteuid() });
+        let ours = self.super_opts.split(',').any(|o| o == owner);
+        ours && (self.fstype == "fuse.drift" || (self.fstype == "fuse" && self.source.starts_with("drift:")))
     }
 
     fn describe(&self) -> String {
@@ -131,7 +139,8 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let sep = fields.iter().position(|f| *f == "-")?;
             let fstype = String::from_utf8_lossy(&unescape_mountinfo(fields.get(sep + 1)?)).into_owned();
             let source = String::from_utf8_lossy(&unescape_mountinfo(fields.get(sep + 2)?)).into_owned();
-            Some(MountEntry { point, fstype, source })
+            let super_opts = fields.get(sep + 3).map(|o| o.to_string()).unwrap_or_default();
+            Some(MountEntry { point, fstype, source, super_opts })
         })
         .collect()
 }
@@ -393,5 +402,31 @@ impl Drop for Mount {
         if let Err(e) = self.unmount_inner() {
             warn!("{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(line_tail: &str) -> MountEntry {
+        let line = format!("36 25 0:32 / /srv/mnt rw,nosuid,nodev shared:1 - {line_tail}");
+        parse_mountinfo(&line).pop().expect("one entry")
+    }
+
+    #[test]
+    fn only_our_own_drift_mounts_count_as_drift() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let other = me + 1;
+        assert!(entry(&format!("fuse drift:/srv/backing rw,user_id={me},group_id=0")).is_drift());
+        assert!(entry(&format!("fuse.drift drift:/srv/backing rw,user_id={me},group_id=0")).is_drift());
+        // Any FUSE program may call itself "drift:..." (-o fsname=).
+        assert!(!entry(&format!("fuse.sshfs drift:x rw,user_id={me},group_id=0")).is_drift());
+        assert!(!entry(&format!("fuseblk drift:x rw,user_id={me},group_id=0")).is_drift());
+        // Another user's mount is never ours to detach.
+        assert!(!entry(&format!("fuse drift:/srv/backing rw,user_id={other},group_id=0")).is_drift());
+        assert!(!entry("tmpfs tmpfs rw").is_drift());
+        assert_eq!(entry("tmpfs tmpfs rw").point, b"/srv/mnt");
     }
 }
