@@ -370,3 +370,22 @@ fn commands_during_a_transfer_are_answered_and_the_session_lives_on() {
     let _a = Raw::login(node.addr, "alice", "alice-pw-1");
     let _b = Raw::login(node.addr, "alice", "alice-pw-1");
 }
+
+/// A password that is not UTF-8 is a failed login like any other: 530
+/// after the failure delay, and it counts towards the lockout.
+#[test]
+fn a_password_that_is_not_utf8_is_a_failed_login() {
+    let node = node_with("[login]\nfailure_delay_ms = 300\nmax_failures = 2\nlock_by = \"user\"\n");
+    for attempt in 0..2 {
+        let (mut c, _) = Raw::connect(node.addr);
+        assert_eq!(c.cmd("USER alice").0, 331);
+        let t0 = Instant::now();
+        c.send(b"PASS alice-pw-\xff\r\n");
+        assert_eq!(c.reply().0, 530, "attempt {attempt}");
+        assert!(t0.elapsed() >= Duration::from_millis(300), "attempt {attempt}: no failure delay");
+    }
+    // Two failures locked alice out: the right password is refused now.
+    let (mut c, _) = Raw::connect(node.addr);
+    assert_eq!(c.cmd("USER alice").0, 331);
+    assert_eq!(c.cmd("PASS alice-pw-1").0, 530, "the non-UTF-8 attempts did not count");
+}

@@ -89,7 +89,7 @@ const REPLIES: &str = "mkd 550\nalice 230\nalice 530\nnobody 530\nremote 530\nbo
 /// A text-format value as docs/node.md describes it: bare when it is a
 /// plain token, else a JSON string.
 fn token(v: &str) -> String {
-    if !v.is_empty() && v.chars().all(|c| !c.is_control() && c != ' ' && c != '"' && c != '=') {
+    if !v.is_empty() && v.chars().all(|c| !c.is_control() && !c.is_whitespace() && c != '"' && c != '=') {
         v.to_owned()
     } else {
         serde_json::Value::String(v.to_owned()).to_string()

@@ -231,7 +231,9 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 /// A value for the text format: bare if it is a plain token, else a JSON
 /// string (so a name with a space or a newline cannot forge a field).
 fn token(v: &str) -> String {
-    let plain = !v.is_empty() && v.chars().all(|c| !c.is_control() && c != ' ' && c != '"' && c != '=');
+    // Any whitespace (U+2003, U+3000, U+2028...), not only ' ': a parser
+    // that splits on Unicode whitespace must see the same fields.
+    let plain = !v.is_empty() && v.chars().all(|c| !c.is_control() && !c.is_whitespace() && c != '"' && c != '=');
     if plain {
         v.to_owned()
     } else {
@@ -331,6 +333,9 @@ mod tests {
             text_line(at(), &e),
             "2026-12-01T10:00:00.123Z ::1 \"x\\ny=1\" LOGIN refused ms=1500 reason=\"bad password\"\n"
         );
+        let mut e = upload();
+        e.path = Some("/a\u{2003}b\u{2028}c");
+        assert!(text_line(at(), &e).contains("path=\"/a\u{2003}b\u{2028}c\""), "{}", text_line(at(), &e));
     }
 
     #[test]

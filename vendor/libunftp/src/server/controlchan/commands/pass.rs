@@ -63,7 +63,12 @@ where
                 _ => return Ok(Reply::new(ReplyCode::NotLoggedIn, "Please open a new connection to re-authenticate")),
             }
             session.state = SessionState::New;
-            let pass: &str = std::str::from_utf8(self.password.as_ref())?;
+            // drift patch: a password that is not UTF-8 is still a login
+            // attempt: checked (it fails, costing the failure delay),
+            // counted towards a lockout and logged like any other, instead
+            // of a 553 that skipped all three.
+            let pass = String::from_utf8_lossy(self.password.as_ref());
+            let pass: &str = &pass;
             let username: String = match session.username.clone() {
                 Some(v) => v,
                 None => {
