@@ -293,6 +293,17 @@ fn site_chmod_sets_permission_bits_and_is_journaled() {
     assert_eq!(f.cmd("SITE CHMOD 640 p.txt").0, 200);
     assert_eq!(f.cmd("NOOP").0, 200);
     assert!(node.journal_since(since).is_empty(), "{:?}", node.journal_since(since));
+    // A mode that lets nobody read the file can be undone.
+    assert_eq!(f.cmd("SITE CHMOD 000 p.txt").0, 200);
+    assert_eq!(mode(&node), 0);
+    assert_eq!(f.cmd("SITE CHMOD 640 p.txt").0, 200);
+    assert_eq!(mode(&node), 0o640);
+    // The home itself is refused (mode 0 would lock its user out).
+    let home_mode = std::fs::metadata(node.backing.join("alice")).unwrap().permissions().mode();
+    for home in ["SITE CHMOD 000 /", "SITE CHMOD 000 .", "MFMT 20200101000000 /"] {
+        assert_eq!(f.cmd(home).0, 550, "{home}");
+    }
+    assert_eq!(std::fs::metadata(node.backing.join("alice")).unwrap().permissions().mode(), home_mode);
     // setuid and friends are refused; so is a user without `write`.
     assert_eq!(f.cmd("SITE CHMOD 4755 p.txt").0, 550);
     assert_eq!(f.cmd("SITE CHMOD 9 p.txt").0, 501);

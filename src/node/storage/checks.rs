@@ -118,7 +118,11 @@ impl DriftStorage {
                 Err(e) => tracing::warn!(path = %journal_path, error = %e, "HASH BLAKE3: cannot read the journal; reading the file"),
             }
         }
-        Ok(hashing::read_hash(file, algo).await?)
+        match hashing::read_hash(file, algo).await {
+            Ok(h) => Ok(h),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::new(ErrorKind::TransientFileNotAvailable, e.to_string())),
+            Err(e) => Err(Error::from(e)),
+        }
     }
 
     /// `MFMT` and `SITE CHMOD`: both need the `write` permission (they
@@ -135,6 +139,12 @@ impl DriftStorage {
                 return Err(refusal(ErrorKind::PermissionDenied, None, "Only permission bits (0 to 777) can be set"));
             }
         }
+        if is_home(&rel) {
+            // A mode of 0 on the home would lock its user out of it, with
+            // no way back through FTP.
+            tracing::info!(user = %user.name, path = %shown(path), "refused: changing the home directory itself");
+            return Err(refusal(ErrorKind::PermissionDenied, None, "The home directory itself cannot be changed"));
+        }
         let home = self.session()?.home.clone();
         let done = tokio::task::spawn_blocking(move || -> io::Result<()> {
             if let Attr::Mode(m) = attr {
@@ -147,13 +157,15 @@ impl DriftStorage {
                     return Ok(());
                 }
             }
-            let f = home.open(&rel)?.into_std();
             match attr {
-                Attr::Modified(t) => f.set_modified(t),
+                // Through the path, not an open file: a file whose mode
+                // lets nobody read it (after `SITE CHMOD 000`) can still
+                // be given its mode back.
                 Attr::Mode(m) => {
-                    use std::os::unix::fs::PermissionsExt;
-                    f.set_permissions(std::fs::Permissions::from_mode(m))
+                    use cap_std::fs::PermissionsExt;
+                    home.set_permissions(&rel, cap_std::fs::Permissions::from_mode(m))
                 }
+                Attr::Modified(t) => home.open(&rel)?.into_std().set_modified(t),
             }
         })
         .await

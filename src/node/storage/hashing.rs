@@ -21,6 +21,9 @@ use unftp_core::storage::{FileHash, HashAlgorithm};
 const READERS: usize = 2;
 static PERMITS: Semaphore = Semaphore::const_new(READERS);
 
+/// How long a hash request waits for a permit before it is refused.
+const PERMIT_WAIT: Duration = Duration::from_secs(10);
+
 const BLOCK: usize = 1 << 20;
 
 /// Size and times of an open file (`fstat`, through the mount).
@@ -106,8 +109,19 @@ impl Hasher {
 
 /// Hashes `file` from its start to its end by reading it, on a blocking
 /// thread, once one of the node's [`READERS`] permits is free.
+/// Waits at most [`PERMIT_WAIT`] for a permit, so requests that pile up
+/// behind long hashes (each holding an open file) give up instead of
+/// accumulating: `WouldBlock` then, which the client gets as a 450.
 pub(super) async fn read_hash(file: File, algo: HashAlgorithm) -> io::Result<FileHash> {
-    let _permit = PERMITS.acquire().await.map_err(io::Error::other)?;
+    let _permit = match tokio::time::timeout(PERMIT_WAIT, PERMITS.acquire()).await {
+        Ok(permit) => permit.map_err(io::Error::other)?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("the node is busy computing other hashes ({READERS} at a time); try again later"),
+            ))
+        }
+    };
     tokio::task::spawn_blocking(move || {
         let mut h = Hasher::new(algo);
         let mut buf = vec![0u8; BLOCK];
