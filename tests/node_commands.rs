@@ -436,3 +436,24 @@ fn transfer_log_storage_lines_are_exact() {
     assert_eq!(node.count_log("refused: /missing.txt: No such file or directory"), 1, "{}", node.logs());
     assert!(!node.logs().contains("Error {"), "{}", node.logs());
 }
+
+/// A data connection opened for a command that was then refused (here a
+/// name that is not UTF-8) is never used by the next transfer: an upload
+/// after it stores exactly its own bytes. Once, the unused connection
+/// could take the next STOR and store the empty stream of its closed
+/// socket, answered 226.
+#[test]
+fn a_data_connection_left_by_a_refused_command_never_serves_the_next_one() {
+    let node = node();
+    let mut f = login(&node);
+    // The race was a few milliseconds wide: many rounds.
+    for round in 0..100 {
+        let left = f.epsv();
+        let (c, t) = f.cmd_bytes(b"STOR bad\xff.bin");
+        assert_eq!(c, 553, "round {round}: {t}");
+        drop(left);
+        let body = format!("upload number {round}");
+        assert_eq!(f.stor("x.txt", body.as_bytes()).1 .0, 226, "round {round}");
+        assert_eq!(std::fs::read(node.backing.join("alice/x.txt")).unwrap(), body.as_bytes(), "round {round}");
+    }
+}

@@ -667,8 +667,27 @@ where
 /// session_arc: the user session that is also shared with the control channel.
 /// socket: the data socket we'll be working with.
 #[tracing_attributes::instrument]
-pub async fn spawn_processing<Storage, User>(logger: slog::Logger, session_arc: SharedSession<Storage, User>, mut socket: TcpStream)
+pub async fn spawn_processing<Storage, User>(logger: slog::Logger, session_arc: SharedSession<Storage, User>, socket: TcpStream)
 where
+    Storage: StorageBackend<User> + 'static,
+    Storage::Metadata: Metadata,
+    User: UserDetail + 'static,
+{
+    spawn_processing_with(logger, session_arc, socket, None).await
+}
+
+/// drift patch: `receivers` are the command and abort channels made for
+/// this data connection's own PASV/EPSV. Taking them from the session when
+/// the connection is accepted (as upstream did) raced with the next
+/// PASV/EPSV, which puts new ones there: a connection left unused by a
+/// refused STOR could take the next STOR's command and store the empty
+/// stream it read from its closed socket, answered 226.
+pub async fn spawn_processing_with<Storage, User>(
+    logger: slog::Logger,
+    session_arc: SharedSession<Storage, User>,
+    mut socket: TcpStream,
+    receivers: Option<(Receiver<DataChanCmd>, Receiver<()>)>,
+) where
     Storage: StorageBackend<User> + 'static,
     Storage::Metadata: Metadata,
     User: UserDetail + 'static,
@@ -717,18 +736,24 @@ where
                 return;
             }
         };
-        let data_cmd_rx = match session.data_cmd_rx.take() {
-            Some(rx) => rx,
+        let (data_cmd_rx, data_abort_rx) = match receivers {
+            Some(own) => own,
             None => {
-                slog::error!(logger, "Data loop command receiver expected to be set up. Aborting data loop.");
-                return;
-            }
-        };
-        let data_abort_rx = match session.data_abort_rx.take() {
-            Some(rx) => rx,
-            None => {
-                slog::error!(logger, "Data loop abort receiver expected to be set up. Aborting data loop.");
-                return;
+                let data_cmd_rx = match session.data_cmd_rx.take() {
+                    Some(rx) => rx,
+                    None => {
+                        slog::error!(logger, "Data loop command receiver expected to be set up. Aborting data loop.");
+                        return;
+                    }
+                };
+                let data_abort_rx = match session.data_abort_rx.take() {
+                    Some(rx) => rx,
+                    None => {
+                        slog::error!(logger, "Data loop abort receiver expected to be set up. Aborting data loop.");
+                        return;
+                    }
+                };
+                (data_cmd_rx, data_abort_rx)
             }
         };
         let ftps_mode = if session.data_tls { session.ftps_config.clone() } else { FtpsConfig::Off };

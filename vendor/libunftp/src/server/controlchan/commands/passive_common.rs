@@ -81,6 +81,27 @@ where
 
 // For legacy mode we choose a data port here and start listening on it while letting the control
 // channel know (via method return) what the address is that the client should connect to.
+/// drift patch: like [`setup_inter_loop_comms`], but the receiving ends
+/// are returned for the data connection this PASV/EPSV will accept, not
+/// left in the session where the next PASV/EPSV's connection could take
+/// them (see `datachan::spawn_processing_with`).
+async fn setup_own_comms<S, U>(session: SharedSession<S, U>, control_loop_tx: Sender<ControlChanMsg>) -> (Receiver<DataChanCmd>, Receiver<()>)
+where
+    U: UserDetail + 'static,
+    S: StorageBackend<U> + 'static,
+    S::Metadata: Metadata,
+{
+    let (cmd_tx, cmd_rx): (Sender<DataChanCmd>, Receiver<DataChanCmd>) = channel(1);
+    let (data_abort_tx, data_abort_rx): (Sender<()>, Receiver<()>) = channel(1);
+    let mut session = session.lock().await;
+    session.data_cmd_tx = Some(cmd_tx);
+    session.data_cmd_rx = None;
+    session.data_abort_tx = Some(data_abort_tx);
+    session.data_abort_rx = None;
+    session.control_msg_tx = Some(control_loop_tx);
+    (cmd_rx, data_abort_rx)
+}
+
 #[tracing_attributes::instrument]
 pub(crate) async fn handle_legacy_mode<S, U, T>(cmd: &T, args: CommandContext<S, U>) -> Result<Reply, ControlChanError>
 where
@@ -110,7 +131,7 @@ where
 
     let reply = cmd.build_reply(&args, port).await?;
     if reply.is_positive() {
-        setup_inter_loop_comms(args.session.clone(), args.tx_control_chan.clone()).await;
+        let receivers = setup_own_comms(args.session.clone(), args.tx_control_chan.clone()).await;
         args.session.lock().await.passive_cancel = Some(cancel_tx);
         // Open the data connection in a new task and process it.
         // We cannot await this since we first need to let the client know where to connect :-)
@@ -126,7 +147,7 @@ where
             match accepted {
                 // The cancel sender left in the session is harmless now:
                 // nothing listens to it, and the next PASV replaces it.
-                Ok(Ok((socket, _socket_addr))) => datachan::spawn_processing(args.logger, args.session, socket).await,
+                Ok(Ok((socket, _socket_addr))) => datachan::spawn_processing_with(args.logger, args.session, socket, Some(receivers)).await,
                 Ok(Err(e)) => slog::error!(args.logger, "Error waiting for data connection: {}", e),
                 Err(_) => slog::warn!(args.logger, "Client did not connect to data port in time"),
             }
