@@ -23,6 +23,23 @@ fn python(script: &str, cwd: &Path) -> String {
 
 /// Waits (bounded) until the journal holds at least `n` entries: the
 /// kernel releases closed files asynchronously.
+/// The entries before a marker: a directory made through the mount after
+/// everything else, whose entry comes after any entry the earlier
+/// operations could still produce (entries are ordered by seq). Lets a
+/// test check that nothing more was journaled without sleeping.
+fn entries_before_marker(s: &Scratch) -> Vec<Value> {
+    let marker = s.mnt.join(".marker");
+    std::fs::create_dir(&marker).unwrap();
+    let mut got = Vec::new();
+    let seen = wait_until(Duration::from_secs(10), || {
+        got = s.entries();
+        got.iter().any(|e| e["op"] == "mkdir" && e["path"] == "/.marker")
+    });
+    assert!(seen, "the marker was never journaled");
+    std::fs::remove_dir(&marker).unwrap();
+    got.into_iter().take_while(|e| e["path"] != "/.marker").collect()
+}
+
 fn entries_at_least(s: &Scratch, n: usize) -> Vec<Value> {
     let mut got = Vec::new();
     wait_until(Duration::from_secs(10), || {
@@ -92,11 +109,10 @@ fn real_tools_leave_exactly_one_entry_per_completed_change() {
         format!("write /docs/c.txt size=10 blake3={} mode=600", blake3_hex(&data[..10])),
     ];
     entries_at_least(&s, expected.len());
-    // Give a stray late entry the chance to show up before comparing.
-    std::thread::sleep(Duration::from_millis(200));
-    let got: Vec<String> = s.entries().iter().map(shape).collect();
+    let before = entries_before_marker(&s);
+    let got: Vec<String> = before.iter().map(shape).collect();
     assert_eq!(got, expected);
-    for (i, e) in s.entries().iter().enumerate() {
+    for (i, e) in before.iter().enumerate() {
         assert_eq!(e["seq"], i as u64 + 1);
         let t = e["time"].as_str().unwrap();
         assert!(t.len() >= 20 && t.ends_with('Z'), "RFC 3339 time, got {t}");
@@ -319,9 +335,8 @@ fn links_are_refused_and_existing_symlinks_are_shown() {
     let e = std::fs::hard_link(s.mnt.join("f"), s.mnt.join("hard")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EPERM));
     assert_eq!(std::fs::read_link(s.mnt.join("planted")).unwrap(), Path::new("/etc/hostname"));
-    let got = entries_at_least(&s, 1);
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(s.entries().len(), 1, "{got:?}");
+    let got = entries_before_marker(&s);
+    assert_eq!(got.len(), 1, "{got:?}");
     assert!(!s.backing.join("sym").exists() && !s.backing.join("hard").exists());
 }
 
@@ -581,5 +596,8 @@ fn the_mounts_readahead_window_is_the_backing_devices() {
     let s = Scratch::new();
     let _m = MountProc::start(&s.backing, &s.mnt, &s.journal, &["--no-passthrough"]);
     let want = read_ahead_kb(&s.backing).max(drift_fs::readahead::FLOOR_KB);
-    assert_eq!(read_ahead_kb(&s.mnt), want);
+    // The window is set right after the mount appears (the connection's
+    // sysfs entry exists only then): wait for it, bounded.
+    let set = wait_until(Duration::from_secs(10), || read_ahead_kb(&s.mnt) == want);
+    assert!(set, "readahead of the mount: {} KiB, backing device's: {want} KiB", read_ahead_kb(&s.mnt));
 }
