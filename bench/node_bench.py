@@ -179,6 +179,14 @@ def settle():
     os.sync()
 
 
+def drift_binary(no_build):
+    """The release binary, built first unless --no-build."""
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    if not no_build:
+        subprocess.run(["cargo", "build", "--release", "--bin", "drift"], cwd=ROOT, check=True)
+    return os.path.join(target, "release", "drift")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -188,10 +196,7 @@ def main():
     ap.add_argument("--dir", default=None, help="scratch directory (default: a new one under /tmp)")
     args = ap.parse_args()
 
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--bin", "drift"], cwd=ROOT, check=True)
-    drift = os.path.join(target, "release", "drift")
+    drift = drift_binary(args.no_build)
 
     work = args.dir or tempfile.mkdtemp(prefix="drift-node-bench-")
     os.makedirs(work, exist_ok=True)

@@ -172,10 +172,7 @@ def main():
     ap.add_argument("--dir", default=None, help="scratch directory (default: a new one under /tmp)")
     args = ap.parse_args()
 
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--bin", "drift"], cwd=ROOT, check=True)
-    drift = os.path.join(target, "release", "drift")
+    drift = node_bench.drift_binary(args.no_build)
 
     work = args.dir or tempfile.mkdtemp(prefix="drift-node-small-")
     os.makedirs(work, exist_ok=True)

@@ -18,18 +18,6 @@ fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
-fn must(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Checks the journal after a client session: exactly `expected`, except
 /// that the entry equal to `"PARTIAL <path>"` must be a write of a strict
 /// prefix of `big` (the interrupted upload).

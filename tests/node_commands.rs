@@ -7,25 +7,13 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::cmd_node::{node_pid, rchar};
 use common::node::*;
 
 const PW: &str = "alice-pw-1";
-
-fn must(cmd: &mut Command) -> String {
-    let out: Output = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn node() -> TestNode {
     TestNode::start(NodeSetup::default())

@@ -171,6 +171,20 @@ pub fn spawn_node(cmd: &mut Command) -> Spawned {
     }
 }
 
+/// Runs a command (a client: curl, lftp...), insists it succeeds, and
+/// returns its standard output.
+pub fn must(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn write_service(path: &Path, extra: &str) {
     let text = format!(
         "listen = \"127.0.0.1:0\"\ngreeting = \"drift test node\"\npassive_ports = [30000, 60000]\nidle_timeout_secs = 60\n{extra}\n"
