@@ -259,7 +259,18 @@ impl NodeConfig {
             Some(p) => Some(resolve(base, Path::new(p))),
             None => {
                 let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "node".into());
-                Some(base.join(format!("{stem}.admin.sock")))
+                let default = base.join(format!("{stem}.admin.sock"));
+                // A config file deep in the tree must not stop the node: the
+                // default socket is left out, and the log says how to get it.
+                if default.as_os_str().len() > MAX_SOCKET_PATH {
+                    tracing::warn!(
+                        path = %default.display(),
+                        "the default admin socket path is longer than a Unix socket allows; running without one (`drift user unlock` cannot reach this node; SIGHUP still lifts lockouts): set [admin] socket to a shorter path"
+                    );
+                    None
+                } else {
+                    Some(default)
+                }
             }
         };
         if let Some(sock) = &admin_socket {
@@ -683,6 +694,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("nonsense"));
+    }
+
+    /// A node.toml deep in the tree still loads: its default admin socket
+    /// is left out; an explicit path that is too long is refused.
+    #[test]
+    fn a_default_admin_socket_too_long_is_left_out_an_explicit_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(120));
+        std::fs::create_dir(&deep).unwrap();
+        let storage = "[storage]\nbacking = \"b\"\nfuse = false\n[state]\nusers = \"u.toml\"\nservice = \"s.toml\"\n";
+        let cfg = deep.join("node.toml");
+        std::fs::write(&cfg, storage).unwrap();
+        assert_eq!(NodeConfig::load(&cfg).unwrap().admin_socket, None);
+        std::fs::write(&cfg, format!("{storage}[admin]\nsocket = \"{}\"\n", "s".repeat(120))).unwrap();
+        assert!(NodeConfig::load(&cfg).unwrap_err().to_string().contains("more than a Unix socket allows"));
+        let short = dir.path().join("node.toml");
+        std::fs::write(&short, storage).unwrap();
+        assert_eq!(NodeConfig::load(&short).unwrap().admin_socket, Some(dir.path().join("node.admin.sock")));
     }
 
     /// The files in examples/node/ are what users copy: they must load.
