@@ -267,10 +267,22 @@ where
             match incoming {
                 None => {} // Loop again
                 Some(Ok(Event::InternalMsg(ControlChanMsg::ExitControlLoop))) => {
-                    let _ = event_chain.handle(Event::InternalMsg(ControlChanMsg::ExitControlLoop)).await;
+                    // drift patch: while the session ends, messages still
+                    // sent are drained and dropped, so a handler's task that
+                    // holds the session lock can finish and release it.
+                    {
+                        let ending = event_chain.handle(Event::InternalMsg(ControlChanMsg::ExitControlLoop));
+                        tokio::pin!(ending);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                _ = &mut ending => break,
+                                Some(_) = control_msg_rx.recv() => {}
+                            }
+                        }
+                    }
                     // drift patch: a pending passive listener dies with the
-                    // session. Messages still sent meanwhile are dropped, so
-                    // a handler's task holding the lock can finish.
+                    // session.
                     let mut session = loop {
                         tokio::select! {
                             biased;
