@@ -121,18 +121,5 @@ impl Drop for OpsNode {
 /// Runs a Python script (ftplib sessions) with `args`; panics with its
 /// output unless it exits 0. Returns its standard output.
 pub fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 (scripts/install-deps installs it)");
-    assert!(
-        out.status.success(),
-        "python script failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    super::node::must(Command::new("python3").arg("-c").arg(script).args(args))
 }

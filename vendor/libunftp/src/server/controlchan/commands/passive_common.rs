@@ -68,15 +68,12 @@ where
     S: StorageBackend<U> + 'static,
     S::Metadata: Metadata,
 {
-    let (cmd_tx, cmd_rx): (Sender<DataChanCmd>, Receiver<DataChanCmd>) = channel(1);
-    let (data_abort_tx, data_abort_rx): (Sender<()>, Receiver<()>) = channel(1);
-
+    // drift patch: the channels are made by `setup_own_comms`; here the
+    // receiving ends are left in the session for the data connection.
+    let (cmd_rx, data_abort_rx) = setup_own_comms(session.clone(), control_loop_tx).await;
     let mut session = session.lock().await;
-    session.data_cmd_tx = Some(cmd_tx);
     session.data_cmd_rx = Some(cmd_rx);
-    session.data_abort_tx = Some(data_abort_tx);
     session.data_abort_rx = Some(data_abort_rx);
-    session.control_msg_tx = Some(control_loop_tx);
 }
 
 // For legacy mode we choose a data port here and start listening on it while letting the control
