@@ -5,11 +5,14 @@
 //!   binary in `main.rs` only calls [`cli::run`].
 //! - [`node`]: the service node: an FTP server on a journaled mount, with
 //!   its initial state (users, service configuration).
+//! - [`cluster`]: the cluster protocol (control links, messages, dial-back
+//!   transfers) between node agents, proxies, tools and the guide.
 //! - [`xfer`]: the private transfer protocol (frames, files, queue) used to
 //!   move state between nodes and the guide point.
 //! - The journaling FUSE filesystem, the journal, tree digests, blob store
 //!   and replay live in the `drift-fs` crate (`fs/`).
 
 pub mod cli;
+pub mod cluster;
 pub mod node;
 pub mod xfer;

@@ -43,6 +43,8 @@ pub enum JournalError {
     Version { path: PathBuf, found: i64 },
     #[error("journal {path}: entry {seq} is malformed: {why}")]
     Malformed { path: PathBuf, seq: u64, why: String },
+    #[error("journal {path}: a copied entry must be seq {expected}, not {got}")]
+    OutOfOrder { path: PathBuf, expected: u64, got: u64 },
 }
 
 /// SQLite's own description of an error, without rusqlite's repetition.
@@ -415,6 +417,58 @@ impl Journal {
             mode: change.mode,
             mtime: change.mtime_ns.map(time_from_ns),
         })
+    }
+
+    /// Appends an entry copied from another journal (a backup applying
+    /// the primary's history), keeping its seq and time. The seq must be
+    /// exactly the next one: a copy never leaves a gap or a duplicate.
+    pub fn append_copy(&self, e: &Entry) -> Result<(), JournalError> {
+        let conn = self.conn();
+        let last: Option<i64> = conn
+            .query_row("SELECT max(seq) FROM entries", [], |r| r.get(0))
+            .map_err(|err| self.err(err))?;
+        let expected = last.unwrap_or(0) as u64 + 1;
+        if e.seq != expected {
+            return Err(JournalError::OutOfOrder { path: self.path.clone(), expected, got: e.seq });
+        }
+        conn.prepare_cached(
+            "INSERT INTO entries (seq, time_ns, op, path, to_path, size, blake3, mode, mtime_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                e.seq as i64,
+                e.time.unix_timestamp_nanos() as i64,
+                e.op.as_str(),
+                e.path,
+                e.to,
+                e.size.map(|s| s as i64),
+                e.blake3,
+                e.mode,
+                e.mtime.map(|t| t.unix_timestamp_nanos() as i64),
+            ])
+        })
+        .map_err(|err| self.err(err))?;
+        drop(conn);
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            *last = (*last).max(e.seq);
+        }
+        self.appended.notify_all();
+        Ok(())
+    }
+
+    /// Removes every entry with `seq > after` (a node that rejoins as a
+    /// backup, after its unacknowledged tail went to quarantine). Returns
+    /// how many were removed.
+    pub fn truncate_after(&self, after: u64) -> Result<u64, JournalError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM entries WHERE seq > ?1", params![after as i64])
+            .map_err(|err| self.err(err))?;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        *last = (*last).min(after);
+        Ok(n as u64)
     }
 
     /// The highest seq committed so far (0 for an empty journal), as read

@@ -130,11 +130,24 @@ pub fn replay(journal: &Journal, blobs: &BlobStore, dest: &Path, from: u64, unti
 
 /// Applies `entries` (in order) onto `dest`, calling `progress` with each
 /// entry's seq once it is applied (or skipped as superseded).
-pub fn replay_entries(entries: &[Entry], blobs: &BlobStore, dest: &Path, mut progress: impl FnMut(u64)) -> Result<ReplayReport, ReplayError> {
+pub fn replay_entries(entries: &[Entry], blobs: &BlobStore, dest: &Path, progress: impl FnMut(u64)) -> Result<ReplayReport, ReplayError> {
+    replay_entries_skipping(entries, blobs, dest, |_| false, progress)
+}
+
+/// [`replay_entries`], also skipping the `write` entries for which `absent`
+/// says the content is gone from the store: content that a later entry
+/// (beyond this range) overwrites or removes, so no blob was kept for it.
+pub fn replay_entries_skipping(
+    entries: &[Entry],
+    blobs: &BlobStore,
+    dest: &Path,
+    absent: impl Fn(u64) -> bool,
+    mut progress: impl FnMut(u64),
+) -> Result<ReplayReport, ReplayError> {
     let live = TreeModel::from_entries(entries).live_writes();
     let mut report = ReplayReport::default();
     for e in entries {
-        if e.op == Op::Write && !live.contains(&e.seq) {
+        if e.op == Op::Write && (!live.contains(&e.seq) || absent(e.seq)) {
             debug!(seq = e.seq, path = %e.path, "write superseded later in the range; skipped");
             report.superseded += 1;
         } else {

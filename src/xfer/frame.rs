@@ -39,6 +39,9 @@ pub enum FrameType {
     DoneReply = 12,
     /// Either way: the session is aborted, with a reason.
     Error = 13,
+    /// Either way, on a cluster control link (never in a transfer
+    /// session): one message of the cluster protocol ([`crate::cluster`]).
+    Message = 14,
 }
 
 impl FrameType {
@@ -58,6 +61,7 @@ impl FrameType {
             11 => Done,
             12 => DoneReply,
             13 => Error,
+            14 => Message,
             other => return Err(FrameError::Type(other)),
         })
     }

@@ -139,4 +139,4 @@ pub use error::{FrameError, XferError};
 pub use hook::{Candidate, CommitHook, CommandHook};
 pub use key::ClusterKey;
 pub use recv::{Receiver, RecvConfig, SessionReport};
-pub use send::{send, Progress, SendConfig, SendReport};
+pub use send::{send, send_named, Progress, SendConfig, SendReport};

@@ -382,8 +382,45 @@ pub async fn send(
     progress: Arc<Progress>,
 ) -> Result<SendReport> {
     cfg.validate()?;
-    let started = Instant::now();
     let items = walk(roots)?;
+    send_items(items, cfg, connector, progress).await
+}
+
+/// Sends regular files under names of the caller's choosing: each pair is
+/// (the file to read, its relative name at the receiver). The files must
+/// not change while they are sent (they are memory-mapped): pass private
+/// copies of anything a writer may touch.
+pub async fn send_named(
+    files: &[(PathBuf, PathBuf)],
+    cfg: SendConfig,
+    connector: Arc<dyn Connector>,
+    progress: Arc<Progress>,
+) -> Result<SendReport> {
+    cfg.validate()?;
+    let mut items = Vec::with_capacity(files.len());
+    let mut names = std::collections::HashSet::new();
+    for (path, name) in files {
+        if paths::relative(&paths::to_wire(name)).is_err() {
+            return Err(XferError::Config(format!("{} is not a safe relative name", name.display())));
+        }
+        if !names.insert(name.clone()) {
+            return Err(XferError::Config(format!("two files would arrive as {}", name.display())));
+        }
+        let md = std::fs::metadata(path).map_err(|e| XferError::io(format!("reading {}", path.display()), e))?;
+        if !md.is_file() {
+            return Err(XferError::Config(format!("{} is not a regular file", path.display())));
+        }
+        items.push(Item::File {
+            meta: meta_of(name, &md),
+            path: path.clone(),
+            size: md.len(),
+        });
+    }
+    send_items(items, cfg, connector, progress).await
+}
+
+async fn send_items(items: Vec<Item>, cfg: SendConfig, connector: Arc<dyn Connector>, progress: Arc<Progress>) -> Result<SendReport> {
+    let started = Instant::now();
     let total_bytes: u64 = items
         .iter()
         .map(|i| if let Item::File { size, .. } = i { *size } else { 0 })
