@@ -35,3 +35,26 @@ pub mod reverse;
 pub const REVERSE_MAGIC: &[u8; 8] = b"DRIFTREV";
 /// The software version every role reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A content blob's name in a transfer and in a blob store: `ab/<hash>`,
+/// the layout of [`drift_fs::blobs::BlobStore`], so a receiver whose
+/// directory is the store's root puts each blob in its place.
+pub fn blob_name(hash: &str) -> std::path::PathBuf {
+    std::path::Path::new(&hash[..2.min(hash.len())]).join(hash)
+}
+
+/// The commit hook of every receiver of blobs: a file is accepted only
+/// under the name its content hashes to, so a peer can never store one
+/// content under another's name.
+pub struct NameIsContent;
+
+impl crate::xfer::CommitHook for NameIsContent {
+    fn inspect(&self, file: &crate::xfer::Candidate<'_>) -> Result<(), String> {
+        let hash = file.blake3.to_hex();
+        if file.name == blob_name(hash.as_str()) {
+            Ok(())
+        } else {
+            Err(format!("{} is not named by its content ({hash})", file.name.display()))
+        }
+    }
+}
