@@ -28,6 +28,7 @@
 //! Role changes come as `Promote`, `Demote` and `Drain`.
 
 pub mod link;
+pub mod manifest;
 pub mod msg;
 pub mod reverse;
 
