@@ -2,6 +2,7 @@
 //! mount for real, read the journal through the CLI.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod cmd_node;
 pub mod fs_restart;
 pub mod node;
