@@ -77,11 +77,15 @@ impl Proc {
             && self.has_log(needle)
     }
 
-    pub fn running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => c.try_wait().ok().flatten().is_none(),
-            None => false,
-        }
+    /// Whether the process has not exited (it is not reaped here, so this
+    /// needs no `&mut`).
+    pub fn running(&self) -> bool {
+        let Some(c) = &self.child else { return false };
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(libc::P_PID, c.id(), &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+        };
+        rc == 0 && unsafe { info.si_pid() } == 0
     }
 
     fn signal(&self, sig: i32) {
