@@ -5,6 +5,8 @@
 //!   binary in `main.rs` only calls [`cli::run`].
 //! - [`node`]: the service node: an FTP server on a journaled mount, with
 //!   its initial state (users, service configuration).
+//! - [`guide`]: the guide point (history, leases, failover, migration,
+//!   status, announcements).
 //! - [`cluster`]: the cluster protocol (control links, messages, dial-back
 //!   transfers) between node agents, proxies, tools and the guide.
 //! - [`xfer`]: the private transfer protocol (frames, files, queue) used to
@@ -14,5 +16,6 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod guide;
 pub mod node;
 pub mod xfer;

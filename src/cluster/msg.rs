@@ -222,6 +222,9 @@ pub struct Heartbeat {
     /// Catch-up progress, 0.0–1.0, while catching up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
+    /// The node's quarantine directories (names under its state dir).
+    #[serde(default)]
+    pub quarantines: Vec<String>,
 }
 
 /// To the guide.

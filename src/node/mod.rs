@@ -18,6 +18,7 @@
 //! The user-facing description of the files is `docs/node.md`.
 
 pub mod admin;
+pub mod agent;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,3 @@
+//! The node agent: a node's link to the guide point (heartbeats, lease,
+//! shipping as primary, applying as backup, quarantine). See
+//! `docs/cluster-protocol.md`.
