@@ -287,6 +287,7 @@ impl NodeAuthenticator {
         let user = match (user, ok) {
             (Some(u), true) => u,
             (user, _) => {
+                super::agent::threat::note_failed_login();
                 if self.lockout.failed(policy, username, ip, Instant::now()) {
                     tracing::warn!(
                         user = %shown_name(username),

@@ -81,6 +81,8 @@ pub struct NodeConfig {
     /// The admin socket `drift user unlock` talks to (`[admin] socket`);
     /// `None` when set to "off".
     pub admin_socket: Option<PathBuf>,
+    /// `[cluster]`: the node agent's settings; `None` runs standalone.
+    pub cluster: Option<crate::node::agent::config::ClusterConfig>,
 }
 
 /// Where and how the transfer log is written (`[log]` in node.toml).
@@ -110,6 +112,8 @@ struct RawNode {
     log: RawLog,
     #[serde(default)]
     admin: RawAdmin,
+    /// `[cluster]`: see `agent::config`.
+    cluster: Option<crate::node::agent::config::RawCluster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,7 +286,16 @@ impl NodeConfig {
                 )));
             }
         }
+        let journal = match &mode {
+            StorageMode::Fuse { journal, .. } => Some(journal.as_path()),
+            StorageMode::Plain => None,
+        };
+        let cluster = match raw.cluster {
+            Some(c) => Some(crate::node::agent::config::ClusterConfig::from_raw(c, base, journal).map_err(invalid)?),
+            None => None,
+        };
         Ok(NodeConfig {
+            cluster,
             transfer_log,
             admin_socket,
             path: path.to_owned(),

@@ -63,6 +63,8 @@ pub enum NodeError {
     TransferLog { path: xferlog::Destination, source: std::io::Error },
     #[error("the filesystem was unmounted from outside; stopping")]
     MountLost,
+    #[error("cluster agent: {0}")]
+    Agent(#[from] agent::AgentError),
 }
 
 /// Creates missing home directories through the served root (so they are
@@ -88,8 +90,9 @@ pub fn ensure_homes(root: &Path, state: &state::InitialState) -> Result<(), Node
 }
 
 /// SIGHUP: lift every lockout, reopen the transfer log (after a
-/// rotation) and reload the initial state for new sessions.
-fn on_hup(front: &server::Front, root: &Path, addr: std::net::SocketAddr) {
+/// rotation) and reload the initial state for new sessions. In a cluster
+/// the agent creates homes (only as primary) and ships the new state.
+fn on_hup(front: &server::Front, root: &Path, addr: std::net::SocketAddr, agent: Option<&agent::Agent>) {
     front.lockout.clear();
     if let Err(e) = front.storage.xferlog.reopen() {
         tracing::error!(error = %e, "SIGHUP: cannot reopen the transfer log; its lines are being lost");
@@ -99,6 +102,11 @@ fn on_hup(front: &server::Front, root: &Path, addr: std::net::SocketAddr) {
         Ok(summary) => {
             if let Some(asked) = summary.listen_ignored {
                 tracing::warn!(%asked, %addr, "the listen address changes only on restart; keeping the old one");
+            }
+            if let Some(agent) = agent {
+                tracing::info!(users = summary.users, "SIGHUP: initial state reloaded");
+                agent.reloaded();
+                return;
             }
             match ensure_homes(root, &state.current()) {
                 Ok(()) => tracing::info!(users = summary.users, "SIGHUP: initial state reloaded"),
@@ -170,18 +178,44 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let commit: Option<Arc<dyn CommitLog>> = mount
         .as_ref()
         .map(|m| Arc::new(mount::JournalCommits::new(m)) as Arc<dyn CommitLog>);
+    let gate = cfg
+        .cluster
+        .as_ref()
+        .map(|c| Arc::new(agent::gate::Gate::new(c.ack, cfg.commit_timeout)));
     let result = (|| {
-        ensure_homes(&served_root, &state.current())?;
+        // In a cluster only the primary creates homes (so they are in the
+        // history); the agent does it when it becomes primary.
+        if cfg.cluster.is_none() {
+            ensure_homes(&served_root, &state.current())?;
+        }
+        let sessions = Arc::new(Sessions::default());
+        let transfers = Arc::new(zerocopy::Transfers::default());
+        let agent = match (&cfg.cluster, &mount, &gate) {
+            (Some(c), Some(m), Some(g)) => Some(Arc::new(agent::Agent::new(agent::Parts {
+                cfg: c.clone(),
+                gate: g.clone(),
+                journal: m.journal(),
+                backing: cfg.backing.clone(),
+                served_root: served_root.clone(),
+                state: state.clone(),
+                users_file: cfg.users_file.clone(),
+                service_file: cfg.service_file.clone(),
+                sessions: sessions.clone(),
+                transfers: transfers.clone(),
+            })?)),
+            _ => None,
+        };
         let ctx = Arc::new(StorageContext {
             served_root: served_root.clone(),
             state: state.clone(),
-            sessions: Arc::new(Sessions::default()),
+            sessions,
             commit,
             fsync_uploads: cfg.fsync_uploads,
             commit_timeout: cfg.commit_timeout,
             io_chunk: cfg.io_chunk,
-            transfers: Arc::new(zerocopy::Transfers::default()),
+            transfers,
             xferlog,
+            gate: gate.clone(),
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -190,7 +224,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             .map_err(NodeError::Runtime)?;
         let alive = || mount.as_ref().is_none_or(|m| m.is_alive());
         let transfers = ctx.transfers.clone();
-        let outcome = rt.block_on(serve(ctx, &alive, &cfg.service_file, cfg.admin_socket.clone(), &early));
+        let outcome = rt.block_on(serve(ctx, &alive, &cfg.service_file, cfg.admin_socket.clone(), &early, agent));
         // Sessions have closed (or were given up on after a deadline);
         // what remains are blocking-pool threads, which need no wait.
         rt.shutdown_timeout(Duration::from_millis(100));
@@ -218,6 +252,7 @@ async fn serve(
     service_file: &Path,
     admin_socket: Option<std::path::PathBuf>,
     early: &EarlySignals,
+    agent: Option<Arc<agent::Agent>>,
 ) -> Result<(), NodeError> {
     use tokio::signal::unix::{signal, SignalKind};
     let state = ctx.state.clone();
@@ -246,13 +281,17 @@ async fn serve(
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
     tracing::info!(%addr, root = %root.display(), users = state.current().users.len(), "node listening");
+    let agent_task = agent.clone().map(|a| {
+        let stop = stop_tx.subscribe();
+        tokio::spawn(a.run(stop))
+    });
 
     let sig = |k| signal(k).map_err(NodeError::Runtime);
     let (mut int, mut term, mut hup) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?, sig(SignalKind::hangup())?);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // Signals that came before the handlers above were installed.
     if early.take_hup() {
-        on_hup(&front, &root, addr);
+        on_hup(&front, &root, addr, agent.as_deref());
     }
     let outcome = if early.take_stop() {
         tracing::info!("stop signal received while starting: stopping");
@@ -262,7 +301,7 @@ async fn serve(
             tokio::select! {
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); break Ok(()) }
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()) }
-                _ = hup.recv() => on_hup(&front, &root, addr),
+                _ = hup.recv() => on_hup(&front, &root, addr, agent.as_deref()),
                 _ = tick.tick() => if !alive() { break Err(NodeError::MountLost) },
             }
         }
@@ -272,6 +311,11 @@ async fn serve(
     transfers.stop();
     let _ = stop_tx.send(true);
     let _ = accept.await;
+    if let Some(t) = agent_task {
+        if tokio::time::timeout(Duration::from_secs(2), t).await.is_err() {
+            tracing::warn!("the cluster agent did not stop within 2 s");
+        }
+    }
     if let Some(admin) = admin {
         let _ = admin.await;
     }

@@ -167,9 +167,19 @@ impl Front {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY on the control connection");
         }
+        if let Some(gate) = &self.storage.gate {
+            // A backup (or catching-up, or demoted) node serves nobody: the
+            // primary does. It starts serving when promoted.
+            if !gate.serving() {
+                tracing::debug!(%peer, "connection refused: not the primary");
+                refuse(&mut stream, &format!("421 {}\r\n", gate.not_serving_text())).await;
+                return;
+            }
+        }
         let state = self.state.current();
         let svc = &state.service;
         if !svc.filter.allows(peer.ip()) {
+            super::agent::threat::note_refused_connection();
             tracing::debug!(%peer, "connection refused: address not allowed by the service filter");
             self.storage.xferlog.connect_refused(peer.ip(), "address not allowed by the service filter");
             refuse(&mut stream, "421 Service not available for your address.\r\n").await;
@@ -179,12 +189,14 @@ impl Front {
         let slot = match self.sessions.try_connect_from(ip, svc.max_sessions, svc.max_sessions_per_address) {
             Ok(slot) => slot,
             Err(ConnectRefusal::Total(max)) => {
+                super::agent::threat::note_refused_connection();
                 tracing::debug!(%peer, max, "connection refused: session limit reached");
                 self.storage.xferlog.connect_refused(peer.ip(), &format!("session limit reached ({max} allowed)"));
                 refuse(&mut stream, &format!("421 Too many sessions ({max} allowed); try again later.\r\n")).await;
                 return;
             }
             Err(ConnectRefusal::Address(max)) => {
+                super::agent::threat::note_refused_connection();
                 tracing::debug!(%peer, max, "connection refused: too many connections from this address");
                 self.storage.xferlog.connect_refused(peer.ip(), &format!("too many connections from this address ({max} allowed)"));
                 refuse(

@@ -37,6 +37,7 @@
 //! a file lists that file).
 
 mod checks;
+mod cluster;
 mod hashing;
 mod ops;
 mod record;
@@ -113,6 +114,9 @@ pub struct StorageContext {
     pub transfers: Arc<zerocopy::Transfers>,
     /// The transfer and access log ([`super::xferlog`]).
     pub xferlog: Arc<TransferLog>,
+    /// In a cluster: whether changes may start and when they may be
+    /// acknowledged ([`super::agent::gate`]); `None` standalone.
+    pub gate: Option<Arc<super::agent::gate::Gate>>,
 }
 
 /// State of one logged-in session.
@@ -258,6 +262,7 @@ impl DriftStorage {
         if is_home(&rel) {
             return Err(Error::new(ErrorKind::FileNameNotAllowedError, "cannot upload onto a directory"));
         }
+        self.gate_change(if start_pos > 0 { "APPE" } else { "STOR" })?;
         if self.ctx.transfers.stopping().load(std::sync::atomic::Ordering::Relaxed) {
             // Opening would truncate the old file for a transfer that
             // cannot run any more.
@@ -338,6 +343,7 @@ impl DriftStorage {
             match seen {
                 Ok(Ok(Some(seq))) => {
                     tracing::debug!(path = %journal_path, bytes = total, seq, wait_ms = waited.elapsed().as_millis() as u64, "upload journaled");
+                    self.acknowledge(Some(seq)).await?;
                     return Ok((total, Some(seq)));
                 }
                 Ok(Ok(None)) => {
@@ -583,21 +589,21 @@ impl StorageBackend<NodeUser> for DriftStorage {
 
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
         let started = Instant::now();
-        let r = self.del_impl(user, path.as_ref()).await;
+        let r = self.change("DELE", self.del_impl(user, path.as_ref())).await;
         self.record(Some(user), Op { command: "DELE", path: path.as_ref(), to: None, started }, &r, None, None);
         r
     }
 
     async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
         let started = Instant::now();
-        let r = self.mkd_impl(user, path.as_ref()).await;
+        let r = self.change("MKD", self.mkd_impl(user, path.as_ref())).await;
         self.record(Some(user), Op { command: "MKD", path: path.as_ref(), to: None, started }, &r, None, None);
         r
     }
 
     async fn rename<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, from: P, to: P) -> Result<()> {
         let started = Instant::now();
-        let r = self.rename_impl(user, from.as_ref(), to.as_ref()).await;
+        let r = self.change("RNTO", self.rename_impl(user, from.as_ref(), to.as_ref())).await;
         let op = Op { command: "RENAME", path: from.as_ref(), to: Some(to.as_ref()), started };
         self.record(Some(user), op, &r, None, None);
         r
@@ -605,7 +611,7 @@ impl StorageBackend<NodeUser> for DriftStorage {
 
     async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &NodeUser, path: P) -> Result<()> {
         let started = Instant::now();
-        let r = self.rmd_impl(user, path.as_ref()).await;
+        let r = self.change("RMD", self.rmd_impl(user, path.as_ref())).await;
         self.record(Some(user), Op { command: "RMD", path: path.as_ref(), to: None, started }, &r, None, None);
         r
     }
@@ -673,7 +679,7 @@ impl StorageBackend<NodeUser> for DriftStorage {
         P: AsRef<Path> + Send + Debug,
     {
         let started = Instant::now();
-        let r = self.set_attr(user, path.as_ref(), Attr::Modified(mtime)).await;
+        let r = self.change("MFMT", self.set_attr(user, path.as_ref(), Attr::Modified(mtime))).await;
         self.record(Some(user), Op { command: "MFMT", path: path.as_ref(), to: None, started }, &r, None, None);
         r
     }
@@ -683,7 +689,7 @@ impl StorageBackend<NodeUser> for DriftStorage {
         P: AsRef<Path> + Send + Debug,
     {
         let started = Instant::now();
-        let r = self.set_attr(user, path.as_ref(), Attr::Mode(mode)).await;
+        let r = self.change("SITE CHMOD", self.set_attr(user, path.as_ref(), Attr::Mode(mode))).await;
         self.record(Some(user), Op { command: "CHMOD", path: path.as_ref(), to: None, started }, &r, None, None);
         r
     }

@@ -129,6 +129,11 @@ impl Transfers {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Transfers running now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
     pub fn stopping(&self) -> &AtomicBool {
         &self.stopping
     }

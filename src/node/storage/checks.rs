@@ -62,6 +62,7 @@ impl DriftStorage {
     /// STOR (truncating to `start`) and APPE (`start` 0): not onto a
     /// directory, and a REST offset within the file.
     pub(super) async fn check_upload(&self, user: &NodeUser, path: &Path, start: u64) -> Result<()> {
+        self.gate_change("STOR")?;
         self.check(user, Perm::Write, path)?;
         let rel = resolve(path)?;
         if is_home(&rel) {
