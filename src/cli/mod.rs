@@ -54,6 +54,12 @@ pub enum Command {
     /// Fast authenticated file transfer (the private frame protocol).
     #[command(subcommand)]
     Xfer(crate::xfer::cli::XferCmd),
+    /// Run the guide point: history, leases, failover, migration, announcements.
+    Guide(crate::guide::cli::GuideArgs),
+    /// Show the cluster: epoch, primary, nodes, quarantines, migrations.
+    Status(crate::guide::cli::StatusArgs),
+    /// Move the primary to another node (drain, catch up, promote).
+    Migrate(crate::guide::cli::MigrateArgs),
     /// Write the man pages for drift and every subcommand into a directory.
     #[command(hide = true)]
     Man(man::ManArgs),
@@ -128,6 +134,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(args) => crate::node::cli::run_node(args),
         Command::User(cmd) => crate::node::cli::run_user(cmd),
         Command::Xfer(cmd) => crate::xfer::cli::run(cmd),
+        Command::Guide(args) => crate::guide::cli::run_guide(args),
+        Command::Status(args) => crate::guide::cli::run_status(args),
+        Command::Migrate(args) => crate::guide::cli::run_migrate(args),
         Command::Man(args) => man::run(args),
     }
 }
