@@ -53,7 +53,8 @@ impl GuideConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<GuideConfig, ConfigError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+        let text = last_wins(text);
+        let raw: Raw = toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
         let invalid = |problem: String| ConfigError::Invalid { path: path.to_owned(), problem };
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
@@ -97,6 +98,38 @@ impl GuideConfig {
     }
 }
 
+/// The text with each top-level key kept only where it last appears, so
+/// a generated file can append overrides (`lease_ms = 2000` after the
+/// default). Lines inside tables and multi-line values are left alone.
+fn last_wins(text: &str) -> String {
+    let key_of = |line: &str| -> Option<String> {
+        let t = line.trim_start();
+        let (k, rest) = t.split_once('=')?;
+        let k = k.trim();
+        let simple = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let v = rest.trim();
+        let one_line = !(v.starts_with("\"\"\"") || v.starts_with("'''") || (v.starts_with('[') && !v.ends_with(']')));
+        (simple && one_line).then(|| k.to_owned())
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let top_end = lines.iter().position(|l| l.trim_start().starts_with('[')).unwrap_or(lines.len());
+    let mut last = std::collections::HashMap::new();
+    for (i, l) in lines[..top_end].iter().enumerate() {
+        if let Some(k) = key_of(l) {
+            last.insert(k, i);
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for (i, l) in lines.iter().enumerate() {
+        let dropped = i < top_end && key_of(l).is_some_and(|k| last.get(&k) != Some(&i));
+        if !dropped {
+            out.push_str(l);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
@@ -120,6 +153,8 @@ mod tests {
         assert_eq!(c.lease, Duration::from_millis(600));
         assert_eq!(c.threat_threshold, 80);
         assert_eq!(c.dial_addr(), "127.0.0.1:7000");
+        let c = GuideConfig::parse(Path::new("g.toml"), "listen = \"a:1\"\nkey_file = \"k\"\ndata_dir = \"d\"\nlease_ms = 600\nlease_ms = 2000\n").unwrap();
+        assert_eq!(c.lease, Duration::from_millis(2000), "a key given again overrides");
         assert!(GuideConfig::parse(Path::new("g.toml"), "listen = \"x\"\nkey_file = \"k\"\ndata_dir = \"d\"\n").is_err());
         assert!(GuideConfig::parse(Path::new("g.toml"), "listen = \"a:1\"\nkey_file = \"k\"\ndata_dir = \"d\"\nbogus = 1\n").is_err());
     }

@@ -85,12 +85,17 @@ impl NodeInfo {
         self.hb.as_ref().map_or(0, |h| h.load.sessions)
     }
 
-    /// The role shown in status: what the node says, or `down`.
-    pub fn shown_role(&self, now: Instant, lease: Duration) -> Role {
+    /// The role shown in status: what the node says, or `down`; a node
+    /// that says `catching-up` but holds the whole history is a `backup`
+    /// (the protocol's definition: catching up is being behind).
+    pub fn shown_role(&self, now: Instant, lease: Duration, history_seq: u64) -> Role {
         if !self.live(now, lease * 3) {
             return Role::Down;
         }
-        self.hb.as_ref().map_or(self.assigned, |h| h.role)
+        match self.hb.as_ref().map_or(self.assigned, |h| h.role) {
+            Role::CatchingUp if self.applied >= history_seq => Role::Backup,
+            r => r,
+        }
     }
 }
 

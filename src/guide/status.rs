@@ -16,7 +16,7 @@ const MIGRATIONS_SHOWN: usize = 50;
 
 /// One node's object.
 pub fn node_json(n: &NodeInfo, hseq: u64, now: Instant, lease: Duration, history: Option<&History>) -> Value {
-    let role = n.shown_role(now, lease);
+    let role = n.shown_role(now, lease, hseq);
     let lag_entries = hseq.saturating_sub(n.applied);
     let (lag_bytes, lag_ms) = match history {
         Some(h) if lag_entries > 0 => {
