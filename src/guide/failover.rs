@@ -22,7 +22,7 @@ const TICK: Duration = Duration::from_millis(25);
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 enum Action {
-    Failover { old: String, detected: Instant },
+    Failover { old: String, detected: Instant, gen: u64 },
     Auto(Cause, String),
 }
 
@@ -36,8 +36,8 @@ pub async fn monitor(guide: Arc<Guide>) {
         let now = Instant::now();
         match decide(&guide, now) {
             None => {}
-            Some(Action::Failover { old, detected }) => {
-                tokio::spawn(passive(guide.clone(), old, detected));
+            Some(Action::Failover { old, detected, gen }) => {
+                tokio::spawn(passive(guide.clone(), old, detected, gen));
             }
             Some(Action::Auto(cause, reason)) => {
                 let g = guide.clone();
@@ -69,12 +69,15 @@ fn decide(guide: &Guide, now: Instant) -> Option<Action> {
         inner.lease_paused = true;
         inner.refuse_entries = true;
         inner.phase = Phase::Switching;
+        inner.failover_waiting = true;
+        inner.failover_gen += 1;
+        let gen = inner.failover_gen;
         if expired {
             warn!(primary = %old, epoch = inner.epoch, "the primary's lease expired: failover");
         } else {
             warn!(primary = %old, epoch = inner.epoch, "the primary's link closed: failover");
         }
-        return Some(Action::Failover { old, detected });
+        return Some(Action::Failover { old, detected, gen });
     }
     let sustain = guide.cfg.sustain;
     if inner.last_auto.is_some_and(|t| now.duration_since(t) < sustain) {
@@ -95,7 +98,7 @@ fn decide(guide: &Guide, now: Instant) -> Option<Action> {
 }
 
 /// Passive migration away from `old`, lost at `detected`.
-async fn passive(guide: Arc<Guide>, old: String, detected: Instant) {
+async fn passive(guide: Arc<Guide>, old: String, detected: Instant, gen: u64) {
     let mut rec = Record::new(Cause::Failover, Some(old.clone()), None);
     let last_hb = guide.inner().nodes.get(&old).and_then(|n| n.last_hb);
     rec.started_at(last_hb.filter(|t| *t < detected).unwrap_or(detected));
@@ -103,6 +106,14 @@ async fn passive(guide: Arc<Guide>, old: String, detected: Instant) {
     rec.phase("detect", detected);
     let lease_until = guide.inner().lease_until;
     tokio::time::sleep_until(tokio::time::Instant::from_std(lease_until)).await;
+    {
+        let mut inner = guide.inner();
+        if !inner.failover_waiting || inner.failover_gen != gen {
+            info!(primary = %old, "failover cancelled: the primary came back within its lease");
+            return;
+        }
+        inner.failover_waiting = false;
+    }
     rec.phase("wait_lease", Instant::now());
     let mut quiet_until = Instant::now();
     let mut excluded: Option<String> = None;

@@ -106,6 +106,15 @@ fn welcome(guide: &Guide, nh: &NodeHello, link: Link) -> Result<(Role, Option<u6
         role = Role::Primary;
     } else if is_primary && nh.epoch == inner.epoch && !inner.busy && inner.phase == Phase::Serving && tail.differs_at.is_none() {
         role = Role::Primary;
+    } else if is_primary && nh.epoch == inner.epoch && inner.failover_waiting && tail.differs_at.is_none() {
+        // Its link closed but its lease has not run out yet: nothing was
+        // decided, it keeps the role.
+        info!(node = %nh.id, "the primary is back within its lease: failover cancelled");
+        inner.failover_waiting = false;
+        inner.busy = false;
+        inner.phase = Phase::Serving;
+        inner.refuse_entries = false;
+        role = Role::Primary;
     } else {
         quarantine_from = tail.quarantine_for_backup();
         let applied = if quarantine_from.is_some() { 0 } else { nh.journal_seq };

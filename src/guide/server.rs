@@ -95,6 +95,8 @@ pub fn open(cfg: GuideConfig, key: ClusterKey) -> Result<(Arc<Guide>, DirLock), 
         nodes,
         initial: store.latest_initial_state()?,
         last_auto: None,
+        failover_waiting: false,
+        failover_gen: 0,
     };
     info!(
         data_dir = %dir.display(),

@@ -139,6 +139,11 @@ pub struct Inner {
     pub initial: Option<InitialState>,
     /// Last auto-migration attempt (so a failing one is not retried at once).
     pub last_auto: Option<Instant>,
+    /// A failover waits for the old lease to run out: the primary may
+    /// still come back (same epoch, same journal) and keep its role.
+    pub failover_waiting: bool,
+    /// Tells failovers apart (a cancelled one must not go on).
+    pub failover_gen: u64,
 }
 
 pub struct Guide {
@@ -330,6 +335,8 @@ mod tests {
             nodes: nodes.into_iter().map(|n| (n.id.clone(), n)).collect(),
             initial: None,
             last_auto: None,
+            failover_waiting: false,
+            failover_gen: 0,
         }
     }
 
