@@ -145,9 +145,15 @@ pub async fn active(guide: &Guide, to: Option<String>, reason: Option<String>, c
         return Err(abort(guide, &old, "the primary's link is gone"));
     }
     let limit = guide.cfg.catch_up_timeout;
-    let drained = guide.wait_for(limit, |inner, _| inner.drained.is_some_and(|(e, _)| e == epoch)).await;
-    let last_seq = match guide.inner().drained {
+    let drained = guide
+        .wait_for(limit, |inner, _| {
+            inner.drained.is_some_and(|(e, _)| e == epoch) || inner.nodes.get(&old).is_none_or(|n| n.link.is_none())
+        })
+        .await;
+    let got = guide.inner().drained;
+    let last_seq = match got {
         Some((e, s)) if drained && e == epoch => s,
+        _ if drained => return Err(abort(guide, &old, "the primary's link closed before it drained")),
         _ => return Err(abort(guide, &old, &format!("the primary did not drain within {limit:?}"))),
     };
     if !guide.wait_for(limit, |_, h| h.seq() >= last_seq).await {
@@ -190,9 +196,18 @@ fn abort(guide: &Guide, old: &str, why: &str) -> String {
         inner.lease_paused = false;
         inner.refuse_entries = false;
         inner.drained = None;
-        inner.lease_until = now + grace;
-        inner.grace_until = now + grace;
         let epoch = inner.epoch;
+        let connected = inner.nodes.get(old).is_some_and(|n| n.link.is_some());
+        if connected {
+            // It says hello again and keeps its role; until then its
+            // absence is no failure.
+            inner.lease_until = now + grace;
+            inner.grace_until = now + grace;
+        } else {
+            // Gone: the lease watch fails over once its lease ran out.
+            inner.lease_until = inner.lease_until.min(now + guide.lease());
+            inner.grace_until = now;
+        }
         if let Some(l) = inner.nodes.get(old).and_then(|n| n.link.as_ref()) {
             let _ = l.tx.send(Down::Demote { epoch, reason: format!("migration aborted ({why}): say hello again") });
         }

@@ -4,7 +4,7 @@
 //! (the contract with the node agent) and `docs/guide.md` (operators).
 //!
 //! # Layout
-//! - [`config`]: `guide.toml`.
+//! - [`config`]: the `guide.toml` file.
 //! - [`store`]: the durable SQLite store (history, initial state, node
 //!   status, migrations, meta) next to the blob store.
 //! - [`coord`]: the coordination interface (epoch, primary, membership).
