@@ -183,7 +183,17 @@ fn tree_digest(guide: &Guide, id: &str, epoch: u64, seq: u64, digest: &str) {
     let ours = guide.history().digest_at(seq);
     match ours {
         None => debug!(node = id, seq, "tree digest for a seq not stored yet: skipped"),
-        Some(d) if d == digest => debug!(node = id, seq, "tree digest matches"),
+        Some(d) if d == digest => {
+            // One info line per new seq proved, not one per interval.
+            let mut inner = guide.inner();
+            let first = inner.nodes.get_mut(id).map(|n| n.digest_seq.replace(seq) != Some(seq)).unwrap_or(false);
+            drop(inner);
+            if first {
+                info!(node = id, seq, "tree digest matches the history");
+            } else {
+                debug!(node = id, seq, "tree digest matches the history");
+            }
+        }
         Some(d) => {
             let n = guide.digest_mismatches.fetch_add(1, Ordering::Relaxed) + 1;
             warn!(node = id, seq, node_digest = digest, history_digest = %d, mismatches = n, "tree digest mismatch: the node's tree differs from the history's");

@@ -50,6 +50,8 @@ pub struct NodeInfo {
     pub dirty: bool,
     /// When the guide last told it to stop acting as primary.
     pub demote_sent: Option<Instant>,
+    /// The last seq at which its tree digest matched the history's.
+    pub digest_seq: Option<u64>,
 }
 
 impl NodeInfo {
@@ -69,6 +71,7 @@ impl NodeInfo {
             over_load_since: None,
             dirty: false,
             demote_sent: None,
+            digest_seq: None,
         }
     }
 
