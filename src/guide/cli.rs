@@ -94,7 +94,7 @@ fn resolve(t: &Target) -> anyhow::Result<(String, ClusterKey)> {
 async fn operator(addr: &str, key: &ClusterKey) -> anyhow::Result<(LinkReader, LinkWriter)> {
     let (r, mut w) = link::connect(addr, key, CONNECT_TIMEOUT)
         .await
-        .with_context(|| format!("cannot talk to the guide at {addr} (is the cluster key right?)"))?;
+        .with_context(|| format!("cannot talk to the guide at {addr}"))?;
     w.send(&Up::Hello(Hello { kind: PeerKind::Operator, node: None })).await?;
     Ok((r, w))
 }

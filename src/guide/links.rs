@@ -69,6 +69,9 @@ fn welcome(guide: &Guide, nh: &NodeHello, link: Link) -> Result<(Role, Option<u6
     if !valid_id(&nh.id) {
         return Err(format!("node id {:?} is not valid ([A-Za-z0-9_.-], 1 to 64)", nh.id));
     }
+    if nh.tail.len() > crate::cluster::msg::MAX_TAIL {
+        return Err(format!("a tail of {} entries is over the limit of {}", nh.tail.len(), crate::cluster::msg::MAX_TAIL));
+    }
     let now = Instant::now();
     let lease = guide.lease();
     let history = guide.history();
@@ -92,15 +95,17 @@ fn welcome(guide: &Guide, nh: &NodeHello, link: Link) -> Result<(Role, Option<u6
     let role;
     let mut quarantine_from = None;
     if inner.epoch == 0 && !inner.busy {
-        // Bootstrap: the first node leads epoch 1.
-        let next = super::coord::CoordState { epoch: 1, primary: Some(nh.id.clone()) };
+        // Bootstrap: the first node leads epoch 1 (or the epoch after the
+        // one it saw, if it comes from an earlier life of the cluster: no
+        // node ever sees the epoch go backwards).
+        let next = super::coord::CoordState { epoch: nh.epoch + 1, primary: Some(nh.id.clone()) };
         match guide.coord.compare_and_set(0, &next) {
             Ok(true) => {}
             Ok(false) => return Err("the epoch moved; say hello again".into()),
             Err(e) => return Err(format!("the guide cannot record the epoch: {e}")),
         }
-        info!(node = %nh.id, "bootstrap: primary of epoch 1");
-        inner.epoch = 1;
+        info!(node = %nh.id, epoch = next.epoch, "bootstrap: the first node is primary");
+        inner.epoch = next.epoch;
         inner.primary = Some(nh.id.clone());
         inner.phase = Phase::Serving;
         role = Role::Primary;
