@@ -97,18 +97,37 @@ pub async fn run(guide: Arc<Guide>, id: String, conn: u64) {
                 if tx.send(Down::Forward { entries, absent }).is_err() {
                     return;
                 }
-                let applied = guide
-                    .wait_for(APPLY_TIMEOUT, |inner, _| {
-                        inner.nodes.get(&id).is_none_or(|n| n.applied >= last || n.link.as_ref().is_none_or(|l| l.conn != conn))
-                    })
-                    .await;
-                if !applied {
+                if !wait_applied(&guide, &id, conn, last).await {
                     warn!(node = %id, first, last, "no applied within {APPLY_TIMEOUT:?}: forwarding again");
                 } else if last % 1000 < (last - first + 1) {
                     info!(node = %id, seq = last, "forwarded");
                 }
             }
         }
+    }
+}
+
+/// Waits until the node applied `last` (or its link ended); false when
+/// it made no progress for [`APPLY_TIMEOUT`]. A large batch may take long
+/// to apply: only a standstill counts.
+async fn wait_applied(guide: &Guide, id: &str, conn: u64, last: u64) -> bool {
+    let applied_now = |g: &Guide| g.inner().nodes.get(id).map_or(0, |n| n.applied);
+    let mut seen = applied_now(guide);
+    // Bounded: each round needs progress, and seqs only go up to `last`.
+    loop {
+        let done = guide
+            .wait_for(APPLY_TIMEOUT, |inner, _| {
+                inner.nodes.get(id).is_none_or(|n| n.applied >= last || n.applied > seen || n.link.as_ref().is_none_or(|l| l.conn != conn))
+            })
+            .await;
+        if !done {
+            return false;
+        }
+        let finished = guide.inner().nodes.get(id).is_none_or(|n| n.applied >= last || n.link.as_ref().is_none_or(|l| l.conn != conn));
+        if finished {
+            return true;
+        }
+        seen = applied_now(guide);
     }
 }
 
