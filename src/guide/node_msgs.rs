@@ -115,7 +115,11 @@ fn entries_msg(guide: &Guide, id: &str, epoch: u64, entries: &[WireEntry], absen
             return vec![Down::Refused { reason: "the guide is switching primaries".into() }];
         }
     }
-    match store_batch(guide, epoch, entries, absent) {
+    // The commit waits for the disk: let the runtime move other tasks off
+    // this worker meanwhile.
+    let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let stored = if multi { tokio::task::block_in_place(|| store_batch(guide, epoch, entries, absent)) } else { store_batch(guide, epoch, entries, absent) };
+    match stored {
         Ok(seq) => {
             debug!(node = id, seq, entries = entries.len(), "stored");
             vec![Down::Stored { epoch, seq }]
