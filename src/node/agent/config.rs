@@ -208,4 +208,26 @@ mod tests {
         assert!(ClusterConfig::from_raw(raw, Path::new("/"), None).unwrap_err().contains("fuse"));
         assert!(!valid_node_id(&"x".repeat(65)));
     }
+
+    #[test]
+    fn every_example_node_file_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster");
+        let mut ids = Vec::new();
+        for ent in std::fs::read_dir(&dir).unwrap() {
+            let path = ent.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !(name.starts_with("node") && name.ends_with(".toml")) {
+                continue;
+            }
+            let cfg = crate::node::config::NodeConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let c = cfg.cluster.unwrap_or_else(|| panic!("{name} has no [cluster]"));
+            assert_eq!(c.ack, Ack::Guide, "{name}");
+            assert_eq!(c.state_dir, PathBuf::from("/srv/drift/journal.db.cluster"), "{name}");
+            crate::node::config::ServiceConfig::load(&cfg.service_file).unwrap_or_else(|e| panic!("{name}'s service file: {e}"));
+            assert!(cfg.users_file.is_file(), "{name}: no users file");
+            ids.push(c.node_id);
+        }
+        ids.sort();
+        assert_eq!(ids, ["node1", "node2", "node3"]);
+    }
 }
