@@ -22,6 +22,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeat send times kept to match `Lease` answers.
 const HB_KEPT: usize = 256;
+/// A primary fenced this long gives up its link and dials again: a link
+/// cut without a reset (a partition) would otherwise wait for TCP's
+/// retransmission timers before it is noticed.
+const FENCED_REDIAL: Duration = Duration::from_secs(1);
 
 /// How a session ended without an error.
 #[derive(Debug)]
@@ -85,6 +89,8 @@ struct Link<'a> {
     shipper: Option<AbortOnDrop>,
     applier: Option<Applier>,
     failed_tx: mpsc::UnboundedSender<String>,
+    /// When this primary found its lease lapsed.
+    fenced_since: Option<Instant>,
 }
 
 /// One session, from connecting to the end of the link.
@@ -137,6 +143,7 @@ pub async fn run(agent: &Arc<Agent>, backoff: &mut Duration) -> Result<End> {
         shipper: None,
         applier: None,
         failed_tx,
+        fenced_since: None,
     };
     link.welcome(epoch, role, lease_ms, history_seq, quarantine_from, primary, sent_at).await?;
     let mut tick = tokio::time::interval(agent.cfg.heartbeat);
@@ -144,7 +151,12 @@ pub async fn run(agent: &Arc<Agent>, backoff: &mut Duration) -> Result<End> {
     let mut writer_task = writer_task;
     loop {
         tokio::select! {
-            _ = tick.tick() => link.heartbeat().await,
+            _ = tick.tick() => {
+                link.heartbeat().await;
+                if link.fenced_since.is_some_and(|t| t.elapsed() >= FENCED_REDIAL) {
+                    return Err(SessionError::Local("no lease from the guide for a second after the lease lapsed; dialling again".into()));
+                }
+            }
             m = in_rx.recv() => match m {
                 Some(Ok(Some(down))) => {
                     if let Some(end) = link.handle(down).await? {
@@ -310,7 +322,11 @@ impl Link<'_> {
 
     async fn heartbeat(&mut self) {
         let a = self.agent;
-        a.gate.check_lease();
+        if a.gate.check_lease() {
+            self.fenced_since.get_or_insert_with(Instant::now);
+        } else {
+            self.fenced_since = None;
+        }
         self.hb += 1;
         let applied = a.journal.last_seq();
         let mut role = a.gate.role();
