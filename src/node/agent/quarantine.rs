@@ -147,17 +147,29 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// Empties the backing tree (its root stays) and the journal, after a
-/// quarantine: the node then catches up from the guide's history.
-pub fn wipe(journal: &Journal, backing: &Path) -> Result<u64, QuarantineError> {
-    for ent in std::fs::read_dir(backing).map_err(io(backing))? {
-        let ent = ent.map_err(io(backing))?;
-        let p = ent.path();
-        let is_dir = ent.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        let r = if is_dir { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-        r.map_err(io(&p))?;
-    }
+/// Empties the backing tree and the journal, after a quarantine: the node
+/// then catches up from the guide's history. Directories in `keep`
+/// (relative paths: the user homes, part of the initial state) and their
+/// parents stay, emptied, so they never vanish while the tree is rebuilt.
+pub fn wipe(journal: &Journal, backing: &Path, keep: &[PathBuf]) -> Result<u64, QuarantineError> {
+    empty_dir(backing, Path::new(""), keep)?;
     Ok(journal.truncate_after(0)?)
+}
+
+fn empty_dir(dir: &Path, rel: &Path, keep: &[PathBuf]) -> Result<(), QuarantineError> {
+    for ent in std::fs::read_dir(dir).map_err(io(dir))? {
+        let ent = ent.map_err(io(dir))?;
+        let (p, r) = (ent.path(), rel.join(ent.file_name()));
+        let is_dir = ent.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir && keep.iter().any(|k| k.starts_with(&r)) {
+            // Bounded by the depth of the homes.
+            empty_dir(&p, &r, keep)?;
+            continue;
+        }
+        let removed = if is_dir { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        removed.map_err(io(&p))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -198,8 +210,11 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("files/alice/moved.bin")).unwrap(), b"moved");
         assert!(!dir.join("files/alice/kept.bin").exists(), "acknowledged files are not quarantined");
         assert_eq!(list(&state).len(), 1);
-        assert_eq!(wipe(&j, &backing).unwrap(), 4);
+        std::fs::create_dir_all(backing.join("other/x")).unwrap();
+        assert_eq!(wipe(&j, &backing, &[PathBuf::from("alice")]).unwrap(), 4);
         assert_eq!(j.last_seq(), 0);
-        assert_eq!(std::fs::read_dir(&backing).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(&backing).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["alice"], "only the (emptied) home stays");
+        assert_eq!(std::fs::read_dir(backing.join("alice")).unwrap().count(), 0);
     }
 }

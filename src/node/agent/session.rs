@@ -257,7 +257,8 @@ impl Link<'_> {
         let (dir, n) = blocking(move || {
             let (dir, report) = quarantine::quarantine_from(&a.journal, &a.backing, &a.cfg.state_dir, &node, epoch, q).map_err(|e| e.to_string())?;
             let n = report.entries.len();
-            quarantine::wipe(&a.journal, &a.backing).map_err(|e| e.to_string())?;
+            let homes: Vec<std::path::PathBuf> = a.state.current().users.iter().map(|u| u.home_relative()).filter(|h| h != std::path::Path::new(".")).collect();
+            quarantine::wipe(&a.journal, &a.backing, &homes).map_err(|e| e.to_string())?;
             // Homes are part of the initial state, not of the history.
             super::super::ensure_homes(&a.backing, &a.state.current()).map_err(|e| e.to_string())?;
             Ok((dir, n))
