@@ -19,6 +19,24 @@ use crate::cluster::{blob_name, NameIsContent};
 use crate::xfer::channel::Stream;
 use crate::xfer::{Receiver, RecvConfig};
 
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("a forwarded entry is not valid: {0}")]
+    Entry(String),
+    #[error(transparent)]
+    Journal(#[from] drift_fs::JournalError),
+    #[error("entry {0} differs from the one in this node's journal")]
+    Differs(u64),
+    #[error("entry {got} forwarded where {want} was expected")]
+    Gap { got: u64, want: u64 },
+    #[error(transparent)]
+    Replay(#[from] drift_fs::replay::ReplayError),
+    #[error("inbox: {0}")]
+    Inbox(#[from] drift_fs::blobs::BlobError),
+    #[error(transparent)]
+    Task(#[from] super::session::TaskFailed),
+}
+
 /// The receiver and the applier of one session.
 pub struct Applier {
     batches: mpsc::UnboundedSender<(Vec<WireEntry>, Vec<u64>)>,
@@ -29,7 +47,7 @@ pub struct Applier {
 impl Applier {
     /// Starts the receiver and the applier; a batch that cannot be
     /// applied is reported on `failed` (the session then ends).
-    pub fn start(agent: Arc<Agent>, out: mpsc::UnboundedSender<Up>, failed: mpsc::UnboundedSender<String>) -> Result<Applier, String> {
+    pub fn start(agent: Arc<Agent>, out: mpsc::UnboundedSender<Up>, failed: mpsc::UnboundedSender<String>) -> Applier {
         let dir = &agent.cfg.state_dir;
         let (receiver, mut reports) = Receiver::new(RecvConfig {
             dir: dir.join("inbox"),
@@ -74,7 +92,7 @@ impl Applier {
                 }
             }
         });
-        Ok(Applier { batches, dialed, _tasks: vec![AbortOnDrop(serve), AbortOnDrop(apply)] })
+        Applier { batches, dialed, _tasks: vec![AbortOnDrop(serve), AbortOnDrop(apply)] }
     }
 
     pub fn forward(&self, entries: Vec<WireEntry>, absent: Vec<u64>) {
@@ -101,21 +119,21 @@ impl Applier {
 
 /// Applies one `Forward`; returns the last seq now in the journal (None
 /// if the batch was empty).
-fn apply_batch(a: &Agent, wire: Vec<WireEntry>, absent: Vec<u64>) -> Result<Option<u64>, String> {
+fn apply_batch(a: &Agent, wire: Vec<WireEntry>, absent: Vec<u64>) -> Result<Option<u64>, ApplyError> {
     let last = a.journal.last_seq();
     let mut entries: Vec<Entry> = Vec::with_capacity(wire.len());
     for w in &wire {
-        let e = w.to_entry()?;
+        let e = w.to_entry().map_err(ApplyError::Entry)?;
         if e.seq <= last {
             // Already here (a re-send): it must be the same entry.
-            match a.journal.get(e.seq).map_err(|e| e.to_string())? {
+            match a.journal.get(e.seq)? {
                 Some(mine) if WireEntry::from(&mine).fingerprint() == w.fingerprint() => continue,
-                _ => return Err(format!("entry {} differs from the one in this node's journal", e.seq)),
+                _ => return Err(ApplyError::Differs(e.seq)),
             }
         }
         let want = entries.last().map_or(last + 1, |p: &Entry| p.seq + 1);
         if e.seq != want {
-            return Err(format!("entry {} forwarded where {want} was expected", e.seq));
+            return Err(ApplyError::Gap { got: e.seq, want });
         }
         entries.push(e);
     }
@@ -123,9 +141,9 @@ fn apply_batch(a: &Agent, wire: Vec<WireEntry>, absent: Vec<u64>) -> Result<Opti
         return Ok(if wire.is_empty() { None } else { Some(last) });
     };
     let inbox = a.cfg.state_dir.join("inbox");
-    let blobs = BlobStore::open(&inbox).map_err(|e| e.to_string())?;
+    let blobs = BlobStore::open(&inbox)?;
     let absent: HashSet<u64> = absent.into_iter().collect();
-    let mut copy_err: Option<String> = None;
+    let mut copy_err: Option<drift_fs::JournalError> = None;
     let mut i = 0;
     let report = drift_fs::replay::replay_entries_skipping(
         &entries,
@@ -137,16 +155,15 @@ fn apply_batch(a: &Agent, wire: Vec<WireEntry>, absent: Vec<u64>) -> Result<Opti
             while i < entries.len() && entries[i].seq <= seq {
                 if copy_err.is_none() {
                     if let Err(e) = a.journal.append_copy(&entries[i]) {
-                        copy_err = Some(e.to_string());
+                        copy_err = Some(e);
                     }
                 }
                 i += 1;
             }
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if let Some(e) = copy_err {
-        return Err(e);
+        return Err(e.into());
     }
     for e in &entries {
         if e.op == Op::Write {

@@ -70,9 +70,27 @@ fn local(e: impl std::fmt::Display) -> SessionError {
     SessionError::Local(e.to_string())
 }
 
+/// A blocking task that panicked or was cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error("background task failed: {0}")]
+pub struct TaskFailed(String);
+
+impl From<TaskFailed> for String {
+    fn from(t: TaskFailed) -> String {
+        t.to_string()
+    }
+}
+
+/// [`blocking`] for work whose errors are only reported as text.
+async fn text_blocking<T: Send + 'static>(f: impl FnOnce() -> std::result::Result<T, String> + Send + 'static) -> std::result::Result<T, String> {
+    blocking(f).await
+}
+
 /// Runs blocking work (journal, files) off the async workers.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::result::Result<T, String> + Send + 'static) -> std::result::Result<T, String> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())?
+pub async fn blocking<T: Send + 'static, E: From<TaskFailed> + Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+) -> std::result::Result<T, E> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| E::from(TaskFailed(e.to_string())))?
 }
 
 /// The session's state beside the link.
@@ -189,7 +207,7 @@ impl Drop for AbortOnJoin {
 async fn hello(agent: &Arc<Agent>) -> Result<NodeHello> {
     let journal = agent.journal.clone();
     let kept = agent.store.get();
-    let (journal_seq, confirmed, tail) = blocking(move || {
+    let (journal_seq, confirmed, tail) = text_blocking(move || {
         let last = journal.last_seq();
         let confirmed = kept.confirmed_seq.min(last);
         let tail: Vec<(u64, String)> = journal
@@ -254,7 +272,7 @@ impl Link<'_> {
     async fn quarantine(&mut self, epoch: u64, q: u64) -> Result<()> {
         let a = self.agent.clone();
         let node = a.cfg.node_id.clone();
-        let (dir, n) = blocking(move || {
+        let (dir, n) = text_blocking(move || {
             let (dir, report) = quarantine::quarantine_from(&a.journal, &a.backing, &a.cfg.state_dir, &node, epoch, q).map_err(|e| e.to_string())?;
             let n = report.entries.len();
             let homes: Vec<std::path::PathBuf> = a.state.current().users.iter().map(|u| u.home_relative()).filter(|h| h != std::path::Path::new(".")).collect();
@@ -286,7 +304,7 @@ impl Link<'_> {
     fn start_backup(&mut self) -> Result<()> {
         self.shipper = None;
         if self.applier.is_none() {
-            self.applier = Some(Applier::start(self.agent.clone(), self.out.clone(), self.failed_tx.clone()).map_err(local)?);
+            self.applier = Some(Applier::start(self.agent.clone(), self.out.clone(), self.failed_tx.clone()));
         }
         Ok(())
     }
@@ -294,7 +312,7 @@ impl Link<'_> {
     /// Home directories, through the mount so they are journaled (primary only).
     async fn make_homes(&self) {
         let a = self.agent.clone();
-        let r = blocking(move || super::super::ensure_homes(&a.served_root, &a.state.current()).map_err(|e| e.to_string())).await;
+        let r = text_blocking(move || super::super::ensure_homes(&a.served_root, &a.state.current()).map_err(|e| e.to_string())).await;
         if let Err(e) = r {
             tracing::error!(error = %e, "cannot create a home directory");
         }
@@ -302,7 +320,7 @@ impl Link<'_> {
 
     async fn send_initial_state(&self, epoch: u64) -> Result<()> {
         let (u, s) = (self.agent.users_file.clone(), self.agent.service_file.clone());
-        let (users, service) = blocking(move || {
+        let (users, service) = text_blocking(move || {
             let users = std::fs::read_to_string(&u).map_err(|e| format!("{}: {e}", u.display()))?;
             let service = std::fs::read_to_string(&s).map_err(|e| format!("{}: {e}", s.display()))?;
             Ok((users, service))
@@ -445,7 +463,7 @@ impl Link<'_> {
     /// A backup takes the primary's users file (the service file is the node's own).
     async fn take_users(&self, version: u64, users: String) {
         let a = self.agent.clone();
-        let r = blocking(move || {
+        let r = text_blocking(move || {
             if std::fs::read_to_string(&a.users_file).ok().as_deref() == Some(users.as_str()) {
                 return Ok(false);
             }

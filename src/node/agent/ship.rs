@@ -29,6 +29,22 @@ const MANY_STREAMS_BYTES: u64 = 16 << 20;
 /// Attempts to find a write's content while renames move it.
 const PREPARE_ATTEMPTS: usize = 3;
 
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("reading the journal: {0}")]
+    Journal(#[from] drift_fs::JournalError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("sending contents to the guide: {0}")]
+    Send(#[from] crate::xfer::XferError),
+    #[error("the guide did not take {name}: {why}")]
+    NotTaken { name: String, why: String },
+    #[error("the link to the guide is gone")]
+    LinkGone,
+    #[error(transparent)]
+    Task(#[from] super::session::TaskFailed),
+}
+
 /// One batch ready to go: entries, absent seqs, and outbox copies.
 struct Prepared {
     entries: Vec<Entry>,
@@ -77,7 +93,7 @@ pub async fn run(agent: Arc<Agent>, out: mpsc::UnboundedSender<Up>, epoch: u64, 
             }
         }
         let journal = agent.journal.clone();
-        let _ = blocking(move || journal.wait_for(shipped, Duration::from_millis(200), |_| true).map(|_| ()).map_err(|e| e.to_string())).await;
+        let _ = blocking(move || journal.wait_for(shipped, Duration::from_millis(200), |_| true).map(|_| ()).map_err(ShipError::from)).await;
     }
 }
 
@@ -106,7 +122,7 @@ async fn send_digest(agent: &Arc<Agent>, out: &mpsc::UnboundedSender<Up>, epoch:
     }
 }
 
-async fn ship_batch(agent: &Arc<Agent>, out: &mpsc::UnboundedSender<Up>, epoch: u64, shipped: u64) -> Result<u64, String> {
+async fn ship_batch(agent: &Arc<Agent>, out: &mpsc::UnboundedSender<Up>, epoch: u64, shipped: u64) -> Result<u64, ShipError> {
     let a = agent.clone();
     let p = blocking(move || prepare(&a, shipped)).await?;
     let Some(last) = p.entries.last().map(|e| e.seq) else {
@@ -122,26 +138,26 @@ async fn ship_batch(agent: &Arc<Agent>, out: &mpsc::UnboundedSender<Up>, epoch: 
             for (f, _) in files {
                 let _ = std::fs::remove_file(f);
             }
-            Ok(())
+            Ok::<(), ShipError>(())
         })
         .await;
-        let report = sent.map_err(|e| format!("sending contents to the guide: {e}"))?;
+        let report = sent?;
         if let Some((name, why)) = report.failures.first() {
-            return Err(format!("the guide did not take {name}: {why}"));
+            return Err(ShipError::NotTaken { name: name.clone(), why: why.clone() });
         }
     }
     let entries = p.entries.iter().map(WireEntry::from).collect();
-    out.send(Up::Entries { epoch, entries, absent: p.absent }).map_err(|_| "the link is gone".to_string())?;
+    out.send(Up::Entries { epoch, entries, absent: p.absent }).map_err(|_| ShipError::LinkGone)?;
     Ok(last)
 }
 
 /// Lists the next batch and copies its contents into the outbox.
-fn prepare(a: &Agent, shipped: u64) -> Result<Prepared, String> {
+fn prepare(a: &Agent, shipped: u64) -> Result<Prepared, ShipError> {
     let outbox = a.cfg.state_dir.join("outbox");
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let all = a.journal.list(shipped, None).map_err(|e| e.to_string())?;
+        let all = a.journal.list(shipped, None)?;
         // Where each write's content lives now (renames followed).
         let model = TreeModel::from_entries(&all);
         let live: HashMap<u64, String> = model.files.iter().map(|(p, f)| (f.seq, p.clone())).collect();
@@ -191,14 +207,14 @@ fn prepare(a: &Agent, shipped: u64) -> Result<Prepared, String> {
 
 /// Copies `backing/jpath` into the outbox while hashing it; the copy if
 /// it has the hash `want`, else `None` (removed).
-fn copy_checked(backing: &Path, jpath: &str, outbox: &Path, want: &str) -> Result<Option<(PathBuf, u64)>, String> {
+fn copy_checked(backing: &Path, jpath: &str, outbox: &Path, want: &str) -> Result<Option<(PathBuf, u64)>, ShipError> {
     let Some(src) = drift_fs::replay::resolve(backing, jpath) else {
         return Ok(None);
     };
     let mut input = match std::fs::File::open(&src) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::EISDIR) => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", src.display())),
+        Err(source) => return Err(ShipError::Io { path: src, source }),
     };
     let dst = outbox.join(format!("{want}.{}", std::process::id()));
     let copy = (|| -> std::io::Result<(blake3::Hash, u64)> {
@@ -228,7 +244,7 @@ fn copy_checked(backing: &Path, jpath: &str, outbox: &Path, want: &str) -> Resul
             if e.raw_os_error() == Some(libc::EISDIR) {
                 return Ok(None);
             }
-            Err(format!("copying {} into the outbox: {e}", src.display()))
+            Err(ShipError::Io { path: dst, source: e })
         }
     }
 }
