@@ -151,20 +151,48 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<bool> {
 /// then catches up from the guide's history. Directories in `keep`
 /// (relative paths: the user homes, part of the initial state) and their
 /// parents stay, emptied, so they never vanish while the tree is rebuilt.
+///
+/// What goes is first renamed into a directory beside the backing
+/// directory (one rename per top-level name, so the tree empties at once
+/// for anyone walking it) and deleted from there; where that directory
+/// cannot be made (another filesystem, no permission) it is deleted in place.
 pub fn wipe(journal: &Journal, backing: &Path, keep: &[PathBuf]) -> Result<u64, QuarantineError> {
-    empty_dir(backing, Path::new(""), keep)?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = backing.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let trash = backing.parent().map(|p| p.join(format!(".{name}.wipe-{}-{n}", std::process::id())));
+    let trash = trash.filter(|t| std::fs::create_dir(t).is_ok());
+    empty_dir(backing, Path::new(""), keep, trash.as_deref())?;
+    if let Some(t) = trash {
+        std::fs::remove_dir_all(&t).map_err(io(&t))?;
+    }
     Ok(journal.truncate_after(0)?)
 }
 
-fn empty_dir(dir: &Path, rel: &Path, keep: &[PathBuf]) -> Result<(), QuarantineError> {
+fn empty_dir(dir: &Path, rel: &Path, keep: &[PathBuf], trash: Option<&Path>) -> Result<(), QuarantineError> {
     for ent in std::fs::read_dir(dir).map_err(io(dir))? {
         let ent = ent.map_err(io(dir))?;
         let (p, r) = (ent.path(), rel.join(ent.file_name()));
         let is_dir = ent.file_type().map(|t| t.is_dir()).unwrap_or(false);
         if is_dir && keep.iter().any(|k| k.starts_with(&r)) {
+            if keep.iter().any(|k| *k == r) {
+                // A home: swapped for an empty one in two steps.
+                if let Some(t) = trash {
+                    let aside = t.join(format!("home-{}", r.to_string_lossy().replace('/', "%")));
+                    if std::fs::rename(&p, &aside).is_ok() {
+                        std::fs::create_dir(&p).map_err(io(&p))?;
+                    }
+                }
+            }
             // Bounded by the depth of the homes.
-            empty_dir(&p, &r, keep)?;
+            empty_dir(&p, &r, keep, trash)?;
             continue;
+        }
+        if let Some(t) = trash {
+            let aside = t.join(format!("{}-{}", r.to_string_lossy().replace('/', "%"), t.read_dir().map(|d| d.count()).unwrap_or(0)));
+            if std::fs::rename(&p, &aside).is_ok() {
+                continue;
+            }
         }
         let removed = if is_dir { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
         removed.map_err(io(&p))?;
@@ -216,5 +244,7 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(&backing).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["alice"], "only the (emptied) home stays");
         assert_eq!(std::fs::read_dir(backing.join("alice")).unwrap().count(), 0);
+        let beside: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(!beside.iter().any(|n| n.contains("wipe")), "the aside directory is gone: {beside:?}");
     }
 }

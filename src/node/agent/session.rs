@@ -275,10 +275,10 @@ impl Link<'_> {
         let (dir, n) = text_blocking(move || {
             let (dir, report) = quarantine::quarantine_from(&a.journal, &a.backing, &a.cfg.state_dir, &node, epoch, q).map_err(|e| e.to_string())?;
             let n = report.entries.len();
+            // Homes stay (emptied): a backup never creates them, and the
+            // history brings back what they held.
             let homes: Vec<std::path::PathBuf> = a.state.current().users.iter().map(|u| u.home_relative()).filter(|h| h != std::path::Path::new(".")).collect();
             quarantine::wipe(&a.journal, &a.backing, &homes).map_err(|e| e.to_string())?;
-            // Homes are part of the initial state, not of the history.
-            super::super::ensure_homes(&a.backing, &a.state.current()).map_err(|e| e.to_string())?;
             Ok((dir, n))
         })
         .await
