@@ -96,6 +96,13 @@ impl Agent {
             let path = p.cfg.state_dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|source| AgentError::Dir { path, source })?;
         }
+        // Outbox copies are private to one shipping attempt: any left by a
+        // node that died are stale.
+        if let Ok(rd) = std::fs::read_dir(p.cfg.state_dir.join("outbox")) {
+            for ent in rd.flatten() {
+                let _ = std::fs::remove_file(ent.path());
+            }
+        }
         let advertise = p.cfg.advertise.clone().unwrap_or_else(|| p.state.current().service.listen.to_string());
         Ok(Agent {
             key,
