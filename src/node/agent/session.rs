@@ -113,7 +113,7 @@ struct Link<'a> {
 
 /// One session, from connecting to the end of the link.
 pub async fn run(agent: &Arc<Agent>, backoff: &mut Duration) -> Result<End> {
-    let (mut reader, mut writer) = link::connect(&agent.cfg.guide, &agent.key, CONNECT_TIMEOUT).await?;
+    let (mut reader, mut writer) = dial(&agent.cfg.guide, &agent.key).await?;
     let hello = hello(agent).await?;
     let sent_at = Instant::now();
     writer.send(&Up::Hello(Hello { kind: PeerKind::Node, node: Some(hello) })).await?;
@@ -201,6 +201,44 @@ impl Drop for AbortOnJoin {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// How long sent bytes may stay unacknowledged before the kernel drops
+/// the link: heartbeats flow all the time, so a partition shows as an
+/// error within this, for a backup as for a primary, instead of after
+/// TCP's retransmission timers (minutes).
+const UNACKED_LIMIT_MS: u32 = 5000;
+
+/// Connects to the guide (TCP with [`UNACKED_LIMIT_MS`]) and runs the
+/// control handshake.
+async fn dial(addr: &str, key: &crate::xfer::ClusterKey) -> Result<(link::LinkReader, link::LinkWriter)> {
+    let connect_err = |source| LinkError::Connect { addr: addr.to_owned(), source };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| connect_err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {CONNECT_TIMEOUT:?}"))))?
+        .map_err(connect_err)?;
+    let _ = tcp.set_nodelay(true);
+    {
+        use std::os::fd::AsRawFd;
+        let ms: libc::c_uint = UNACKED_LIMIT_MS;
+        // SAFETY: a valid socket and a c_uint option of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&ms as *const libc::c_uint).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP_USER_TIMEOUT on the guide link");
+        }
+    }
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_owned());
+    let (r, w) = tcp.into_split();
+    let stream = crate::xfer::channel::Stream { reader: Box::new(r), writer: Box::new(w), peer };
+    Ok(link::client(stream, key, CONNECT_TIMEOUT).await?)
 }
 
 /// What this node says of itself.
