@@ -162,6 +162,7 @@ fn a_cut_off_primary_fences_itself_and_its_unacknowledged_change_goes_to_quarant
     );
     // Back on the network, n1 is a backup whose tree equals the new
     // history; what it journaled alone is in quarantine.
+    cluster.heal("n1");
     let s = cluster
         .wait_status(Duration::from_secs(30), |s| {
             s["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "n1" && n["role"] == "backup")

@@ -16,18 +16,19 @@ use common::ops_node::python;
 const OPS: &str = r#"
 import ftplib, io, sys
 host, port, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+prefix = sys.argv[4] if len(sys.argv) > 4 else "d"
 f = ftplib.FTP()
 f.connect(host, port, timeout=30)
 f.login("alice", "alice-pw-1")
 for r in range(rounds):
-    d = f"d{r}"
+    d = f"{prefix}{r}"
     f.mkd(d)
     for i in range(4):
         f.storbinary(f"STOR {d}/f{i}.bin", io.BytesIO(bytes([r, i]) * (1000 + 37 * i)))
     f.rename(f"{d}/f0.bin", f"{d}/renamed.bin")
     f.delete(f"{d}/f1.bin")
     if r % 3 == 2:
-        f.rename(d, f"moved{r}")
+        f.rename(d, f"moved-{d}")
 f.quit()
 "#;
 
@@ -102,7 +103,7 @@ fn a_node_started_empty_catches_up_and_can_then_be_promoted() {
     // The promoted node serves: an upload there is acknowledged and
     // replicated back to the old primary, now a backup.
     let (h, p) = ftp_host_port(&cluster.node("n2").ftp());
-    python(OPS, &[&h, &p, "1"]);
+    python(OPS, &[&h, &p, "1", "after"]);
     cluster.wait_converged("n2", Duration::from_secs(30));
     let s = cluster.status().unwrap();
     let m = s["migrations"].as_array().unwrap().last().unwrap().clone();

@@ -22,7 +22,9 @@ pub struct Walked {
 }
 
 /// Every entry below `root`, depth first, sorted bytewise by path.
-/// Symlinks are listed, never followed.
+/// Symlinks are listed, never followed. An entry removed while the walk
+/// runs (a temporary file of a live tree) is left out rather than failing
+/// the walk; the root itself must exist.
 pub fn walk(root: &Path) -> io::Result<Vec<Walked>> {
     let mut out = Vec::new();
     walk_into(root, String::new(), &mut out)?;
@@ -30,13 +32,18 @@ pub fn walk(root: &Path) -> io::Result<Vec<Walked>> {
 }
 
 fn walk_into(dir: &Path, prefix: String, out: &mut Vec<Walked>) -> io::Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<_>>()?;
+    let listing = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !prefix.is_empty() => return Ok(()),
+        r => r?,
+    };
+    let mut names: Vec<_> = listing.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     for name in names {
         let full = dir.join(&name);
-        let meta = std::fs::symlink_metadata(&full)?;
+        let meta = match std::fs::symlink_metadata(&full) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            r => r?,
+        };
         let rel = format!("{prefix}/{}", name.to_string_lossy());
         let is_dir = meta.is_dir();
         out.push(Walked { rel: rel.clone(), full: full.clone(), meta });
@@ -80,10 +87,16 @@ pub fn digest_tree(root: &Path) -> io::Result<TreeDigest> {
         let e = if ft.is_dir() {
             DigestEntry { path: w.rel, kind: "dir", size: None, blake3: None, target: None }
         } else if ft.is_file() {
-            let (h, n) = crate::hash::hash_path(&w.full)?;
+            let (h, n) = match crate::hash::hash_path(&w.full) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                r => r?,
+            };
             DigestEntry { path: w.rel, kind: "file", size: Some(n), blake3: Some(h.to_hex().to_string()), target: None }
         } else if ft.is_symlink() {
-            let t = std::fs::read_link(&w.full)?;
+            let t = match std::fs::read_link(&w.full) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                r => r?,
+            };
             DigestEntry { path: w.rel, kind: "symlink", size: None, blake3: None, target: Some(t.to_string_lossy().into_owned()) }
         } else {
             DigestEntry { path: w.rel, kind: "other", size: Some(w.meta.size()), blake3: None, target: None }
