@@ -475,6 +475,9 @@ impl Link<'_> {
                 self.note_epoch(epoch);
                 tracing::info!(epoch, seq = last, "promoted: primary of epoch {epoch}; serving FTP");
                 self.start_primary(epoch, last).await?;
+                // The guide announces `serving` on the heartbeat that says
+                // primary: send it now rather than at the next tick.
+                self.heartbeat().await;
             }
             Down::Demote { epoch, reason } => {
                 tracing::warn!(epoch, %reason, "demoted by the guide: backup; saying Hello again");
