@@ -171,8 +171,12 @@ class Cluster:
             subprocess.run(["umount", "-l", os.path.join(n["dir"], "mnt")], capture_output=True)
 
 
+LAST_ERROR = {}
+
+
 def try_write(host, port, name, data=b"x", timeout=2.0):
-    """One login and a STOR; True on a 226."""
+    """One login and a STOR; True on a 226 (the last refusal is kept in
+    LAST_ERROR["write"])."""
     try:
         f = ftplib.FTP()
         f.connect(host, port, timeout=timeout)
@@ -180,7 +184,8 @@ def try_write(host, port, name, data=b"x", timeout=2.0):
         f.storbinary(f"STOR {name}", io.BytesIO(data))
         f.quit()
         return True
-    except (ftplib.all_errors, OSError):
+    except ftplib.all_errors as e:  # includes OSError
+        LAST_ERROR["write"] = f"{host}:{port}: {e!r}"
         return False
 
 
@@ -258,6 +263,8 @@ def bench_migrate(drift, work, trials, tree_mib):
             stamps = []
             stop = threading.Event()
 
+            failures = []
+
             def writer():
                 i = 0
                 while not stop.is_set():
@@ -265,6 +272,8 @@ def bench_migrate(drift, work, trials, tree_mib):
                     who = s and s.get("primary")
                     if who and try_write(*c.ftp(who), f"m{t}-{i}", timeout=1.0):
                         stamps.append(time.monotonic())
+                    else:
+                        failures.append(LAST_ERROR.get("write") if who else "no primary in status")
                     i += 1
             th = threading.Thread(target=writer)
             th.start()
@@ -275,7 +284,10 @@ def bench_migrate(drift, work, trials, tree_mib):
             th.join()
             if r.returncode != 0:
                 raise SystemExit(f"migrate failed: {r.stdout}{r.stderr}")
-            gap = max(b - a for a, b in zip(stamps, stamps[1:])) * 1000 if len(stamps) > 1 else float("nan")
+            if len(stamps) < 2:
+                raise SystemExit(f"migrate trial {t + 1}: {len(stamps)} acknowledged writes; last failure: "
+                                 f"{failures[-1] if failures else None}")
+            gap = max(b - a for a, b in zip(stamps, stamps[1:])) * 1000
             gaps.append(gap)
             s = c.status()
             guide_ms.append(s["migrations"][-1]["duration_ms"])

@@ -65,6 +65,9 @@ pub struct Gate {
     commit_timeout: Duration,
     st: Mutex<State>,
     stored: watch::Sender<u64>,
+    /// Wakes the shipper when draining starts, so `Drained` goes out at
+    /// once instead of after its next poll of the journal.
+    drain_wake: tokio::sync::Notify,
 }
 
 impl Gate {
@@ -82,6 +85,7 @@ impl Gate {
                 primary_ftp: None,
             }),
             stored: watch::channel(0).0,
+            drain_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -193,6 +197,14 @@ impl Gate {
 
     pub fn set_draining(&self, draining: bool) {
         self.st().draining = draining;
+        if draining {
+            self.drain_wake.notify_one();
+        }
+    }
+
+    /// Resolves once draining was asked for (a stored wake-up counts).
+    pub async fn drain_asked(&self) {
+        self.drain_wake.notified().await
     }
 
     pub fn draining(&self) -> bool {

@@ -96,7 +96,11 @@ pub async fn run(agent: Arc<Agent>, out: mpsc::UnboundedSender<Up>, epoch: u64, 
             }
         }
         let journal = agent.journal.clone();
-        let _ = blocking(move || journal.wait_for(shipped, Duration::from_millis(200), |_| true).map(|_| ()).map_err(ShipError::from)).await;
+        let wait = blocking(move || journal.wait_for(shipped, Duration::from_millis(200), |_| true).map(|_| ()).map_err(ShipError::from));
+        tokio::select! {
+            _ = wait => {}
+            _ = g.drain_asked() => {}
+        }
     }
 }
 
