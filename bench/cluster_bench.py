@@ -57,6 +57,19 @@ def dist(xs, unit="ms"):
             f"max {max(xs):.0f} (n={len(xs)})")
 
 
+_PASSIVE = [20000 + (os.getpid() % 40) * 300]
+
+
+def next_passive():
+    """A block of 100 passive ports below Linux's ephemeral range
+    (32768-60999): each shipped batch is a new connection to the guide, and
+    its TIME_WAIT sockets would otherwise take ports out of the node's
+    passive range (PASV answered 425 once all ten bind tries hit one)."""
+    base = _PASSIVE[0]
+    _PASSIVE[0] = base + 100 if base + 200 < 32700 else 20000
+    return base
+
+
 class Cluster:
     """A guide and N nodes under `work`; `ack` for every node."""
 
@@ -94,8 +107,9 @@ class Cluster:
         host, guide = "127.0.0.1", self.guide_addr
         if nid in self.node_ns:
             host, guide = self.node_ns[nid]["inside"], f"{self.node_ns[nid]['outside']}:{self.guide_port}"
+        passive = self.nodes.get(nid, {}).get("passive") or next_passive()
         with open(os.path.join(d, "service.toml"), "w") as f:
-            f.write(f'listen = "{host}:{port}"\npassive_ports = [{port + 1}, {port + 60}]\n')
+            f.write(f'listen = "{host}:{port}"\npassive_ports = [{passive}, {passive + 99}]\n')
         users = os.path.join(d, "users.toml")
         if not os.path.exists(users):
             subprocess.run([self.drift, "user", "add", "bench", "--users", users, "--home", "/bench",
@@ -106,7 +120,7 @@ class Cluster:
                     'commit_timeout_secs = 60\n[state]\nusers = "users.toml"\nservice = "service.toml"\n'
                     f'[cluster]\nguide = "{guide}"\nkey_file = "{self.key}"\nnode_id = "{nid}"\n'
                     f'advertise = "{host}:{port}"\nheartbeat_ms = 100\nack = "{self.ack}"\n')
-        self.nodes[nid] = {"dir": d, "port": port, "host": host, "backing": os.path.join(d, "backing")}
+        self.nodes[nid] = {"dir": d, "port": port, "passive": passive, "host": host, "backing": os.path.join(d, "backing")}
 
     def start_node(self, nid):
         d = self.nodes[nid]["dir"]

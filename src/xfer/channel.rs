@@ -58,10 +58,25 @@ pub struct TcpConnector {
 
 #[async_trait::async_trait]
 impl Connector for TcpConnector {
+    /// Each address `addr` resolves to is tried in turn. The socket is
+    /// made with `SO_REUSEADDR`: a node ships every batch on new
+    /// connections, and their TIME_WAIT remains (left by sockets without
+    /// it) would otherwise keep the node's FTP server from binding a
+    /// passive port that happens to be the same local port.
     async fn connect(&self) -> io::Result<Stream> {
-        let stream = TcpStream::connect(&self.addr).await?;
-        let peer = stream.peer_addr()?;
-        Ok(into_stream(stream, peer))
+        let mut last = io::Error::new(io::ErrorKind::InvalidInput, format!("{} resolves to no address", self.addr));
+        for addr in tokio::net::lookup_host(&self.addr).await? {
+            let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            socket.set_reuseaddr(true)?;
+            match socket.connect(addr).await {
+                Ok(stream) => {
+                    let peer = stream.peer_addr()?;
+                    return Ok(into_stream(stream, peer));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     fn describe(&self) -> String {
