@@ -129,7 +129,7 @@ class Cluster:
         if nid in self.node_ns:
             cmd = ["ip", "netns", "exec", self.node_ns[nid]["ns"]] + cmd
         self.procs[nid] = subprocess.Popen(cmd, stdout=log, stderr=log,
-                                           env=dict(os.environ, DRIFT_LOG="info,libunftp=warn"))
+                                           env=dict(os.environ, DRIFT_LOG=os.environ.get("BENCH_NODE_LOG", "info,libunftp=warn")))
 
     def kill(self, name):
         p = self.procs.pop(name, None)
