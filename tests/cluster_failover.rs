@@ -156,7 +156,7 @@ fn a_cut_off_primary_fences_itself_and_its_unacknowledged_change_goes_to_quarant
     let _ = client.wait();
     assert!(!reply.starts_with("226"), "a cut-off primary acknowledged a change: {reply}");
     assert!(
-        cluster.node("n1").wait_log("fenc", Duration::from_secs(1)),
+        cluster.node("n1").wait_log("fenced: lease expired", Duration::from_secs(1)),
         "n1 never logged that it fenced itself\n{}",
         cluster.node("n1").logs()
     );
@@ -178,6 +178,14 @@ fn a_cut_off_primary_fences_itself_and_its_unacknowledged_change_goes_to_quarant
     assert!(
         reported.iter().any(|r| r.contains("/alice/unacked.bin")),
         "no quarantine report names the unacknowledged upload: {reported:?}; status quarantines: {}",
+        s["quarantines"]
+    );
+    let s = cluster.status().unwrap();
+    let n1s = s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "n1").unwrap().clone();
+    assert!(!n1s["quarantines"].as_array().is_none_or(|q| q.is_empty()), "status lists n1's quarantines: {n1s}");
+    assert!(
+        s["quarantines"].as_array().unwrap().iter().any(|q| q["node"] == "n1"),
+        "the cluster's quarantine list names n1: {}",
         s["quarantines"]
     );
     cluster.node_mut("n1").stop();

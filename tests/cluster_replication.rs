@@ -105,7 +105,25 @@ fn a_node_started_empty_catches_up_and_can_then_be_promoted() {
     let (h, p) = ftp_host_port(&cluster.node("n2").ftp());
     python(OPS, &[&h, &p, "1", "after"]);
     cluster.wait_converged("n2", Duration::from_secs(30));
+    assert!(cluster.node("n1").backing.join("alice/after0/renamed.bin").is_file(), "n2's changes reached the old primary");
+    assert_eq!(
+        common::node::Ftp::connect(cluster.node("n1").ftp().parse().unwrap()).greeting.0,
+        421,
+        "the old primary is a backup and refuses FTP sessions"
+    );
     let s = cluster.status().unwrap();
     let m = s["migrations"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!((m["from"].as_str(), m["to"].as_str(), m["cause"].as_str()), (Some("n1"), Some("n2"), Some("migrate")), "{m}");
+    assert_eq!(
+        (m["from"].as_str(), m["to"].as_str(), m["cause"].as_str(), m["reason"].as_str()),
+        (Some("n1"), Some("n2"), Some("migrate"), Some("test: promote the caught-up node")),
+        "{m}"
+    );
+    for phase in ["detect_ms", "wait_lease_ms", "catch_up_ms", "promote_ms"] {
+        assert!(m["phases"][phase].is_u64(), "phase {phase} missing: {m}");
+    }
+    let old = s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "n1").unwrap().clone();
+    assert_eq!(old["role"], "backup", "{old}");
+    // A migration to the node that already is primary fails with a reason.
+    let (ok, _, err) = drift_out(&["migrate", "--to", "n2", "--guide", &cluster.guide_addr(), "--key", cluster.key.to_str().unwrap()]);
+    assert!(!ok && err.contains("already the primary"), "{err}");
 }

@@ -1,7 +1,7 @@
-//! Migrations the guide starts or runs: a primary whose threat stays over
-//! the threshold is migrated away by itself (cause `threat`), and an
-//! empty node that caught up can be promoted by `drift migrate` and then
-//! serves (its own uploads replicate back).
+//! Migrations the guide starts by itself: a primary whose threat stays
+//! over the threshold is migrated away (cause `threat`), and no node over
+//! the threshold is chosen. (`drift migrate` to a caught-up empty node is
+//! in tests/cluster_replication.rs.)
 
 mod common;
 
@@ -58,38 +58,4 @@ fn a_threatened_primary_is_migrated_away_by_itself() {
     // The threatened node is never chosen back while over the threshold.
     let (ok, out, _) = drift_out(&["migrate", "--to", "n1", "--guide", &cluster.guide_addr(), "--key", cluster.key.to_str().unwrap()]);
     assert!(!ok, "a migration to a threatened node succeeded: {out}");
-}
-
-#[test]
-fn an_empty_node_catches_up_and_serves_after_drift_migrate() {
-    let mut cluster = Cluster::start(ClusterSetup { nodes: 2, ..Default::default() });
-    cluster.wait_primary(Duration::from_secs(15));
-    ops(&cluster, "n1", "a", "4");
-    cluster.node_mut("n2").kill();
-    let n2 = cluster.node("n2");
-    std::fs::remove_dir_all(&n2.backing).unwrap();
-    std::fs::create_dir_all(n2.backing.join("alice")).unwrap();
-    std::fs::remove_file(&n2.journal).unwrap();
-    let _ = std::fs::remove_dir_all(&n2.state_dir);
-    cluster.node_mut("n2").start();
-    cluster.wait_converged("n1", Duration::from_secs(30));
-    let (ok, out, err) = drift_out(&[
-        "migrate", "--to", "n2", "--reason", "promote the caught-up node", "--guide", &cluster.guide_addr(), "--key", cluster.key.to_str().unwrap(),
-    ]);
-    assert!(ok, "drift migrate failed: {out}{err}\n{}", cluster.all_logs());
-    let (epoch, primary) = cluster.wait_primary(Duration::from_secs(10));
-    assert_eq!((epoch, primary.as_str()), (2, "n2"));
-    ops(&cluster, "n2", "b", "2");
-    cluster.wait_converged("n2", Duration::from_secs(30));
-    let s = cluster.status().unwrap();
-    let m = s["migrations"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!((m["from"].as_str(), m["to"].as_str(), m["cause"].as_str(), m["reason"].as_str()), (Some("n1"), Some("n2"), Some("migrate"), Some("promote the caught-up node")), "{m}");
-    for phase in ["detect_ms", "wait_lease_ms", "catch_up_ms", "promote_ms"] {
-        assert!(m["phases"][phase].is_u64(), "phase {phase} missing: {m}");
-    }
-    let old = s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "n1").unwrap().clone();
-    assert_eq!(old["role"], "backup", "{old}");
-    // A migration to the node that already is primary fails with a reason.
-    let (ok, _, err) = drift_out(&["migrate", "--to", "n2", "--guide", &cluster.guide_addr(), "--key", cluster.key.to_str().unwrap()]);
-    assert!(!ok && err.contains("already the primary"), "{err}");
 }
