@@ -5,12 +5,32 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub type BoxWrite = Box<dyn Sink>;
+
+/// The writing half of a channel. A TCP half also names its socket, so
+/// the frame writer can send file contents with `sendfile` (no copy
+/// through user space); any other channel writes what it is given.
+pub trait Sink: AsyncWrite + Send + Unpin {
+    fn tcp_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+impl Sink for tokio::net::tcp::OwnedWriteHalf {
+    fn tcp_fd(&self) -> Option<RawFd> {
+        Some(self.as_ref().as_raw_fd())
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Send> Sink for tokio::io::WriteHalf<T> {}
+
+impl Sink for tokio::io::DuplexStream {}
 
 /// One open channel.
 pub struct Stream {

@@ -64,6 +64,12 @@ pub struct SendArgs {
     /// Seconds to wait for the receiver's handshake on each connection.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub timeout: u64,
+    /// Copy every frame through the sender's memory instead of handing
+    /// large frames to the kernel with sendfile(2). sendfile already falls
+    /// back by itself where a source filesystem cannot do it; this is for
+    /// comparisons and for troubleshooting.
+    #[arg(long)]
+    pub no_sendfile: bool,
     /// Print the summary as one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
@@ -155,6 +161,7 @@ async fn run_send(args: SendArgs) -> anyhow::Result<ExitCode> {
     cfg.files_in_flight = args.files;
     cfg.small_file = args.small.min(args.frame_size);
     cfg.max_rate = args.max_rate;
+    cfg.sendfile = !args.no_sendfile;
     cfg.handshake_timeout = Duration::from_secs(args.timeout);
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(progress.clone());

@@ -2,7 +2,12 @@
 //! a reader that checks them. Knows nothing of files or sockets; the
 //! channel halves come from [`super::channel`].
 
+use std::fs::File;
 use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -19,11 +24,20 @@ pub struct FrameWriter {
     key: [u8; 32],
     seq: u64,
     peer: String,
+    /// The TCP socket (a duplicate registered for writability), made on
+    /// the first data frame sent from a file; `Err` once that failed.
+    zero_copy: Option<std::result::Result<AsyncFd<OwnedFd>, ()>>,
 }
 
 impl FrameWriter {
     pub fn new(w: BoxWrite, key: [u8; 32], peer: String) -> Self {
-        FrameWriter { w, key, seq: 0, peer }
+        FrameWriter { w, key, seq: 0, peer, zero_copy: None }
+    }
+
+    /// Large data frames are written through this process's memory, never
+    /// with sendfile.
+    pub fn without_sendfile(&mut self) {
+        self.zero_copy = Some(Err(()));
     }
 
     /// The sequence number the next frame will carry.
@@ -60,8 +74,42 @@ impl FrameWriter {
     }
 
     /// Sends a data frame whose subtree CV the caller already computed.
-    pub async fn send_data(&mut self, file_id: u64, offset: u64, payload: &[u8], cv: &[u8; 32]) -> Result<u64> {
-        self.send_digested(FrameType::Data, file_id, offset, payload, cv).await
+    /// `payload` is the frame's bytes; when `source` is the file they were
+    /// read from (at `offset`) and the channel is TCP, a large payload is
+    /// sent from the file with `sendfile` instead, sparing the copy into
+    /// the socket. The file must still hold those bytes: if it changed,
+    /// the receiver's MAC check fails, as it would for any altered frame.
+    pub async fn send_data(&mut self, file_id: u64, offset: u64, payload: &[u8], cv: &[u8; 32], source: Option<&File>) -> Result<u64> {
+        let Some(file) = source.filter(|_| payload.len() >= COALESCE) else {
+            return self.send_digested(FrameType::Data, file_id, offset, payload, cv).await;
+        };
+        if self.zero_copy.is_none() {
+            self.zero_copy = Some(self.w.tcp_fd().ok_or(()).and_then(|fd| register(fd).map_err(|e| {
+                tracing::debug!(peer = %self.peer, "sending without sendfile: {e}");
+            })));
+        }
+        if !matches!(self.zero_copy, Some(Ok(_))) {
+            return self.send_digested(FrameType::Data, file_id, offset, payload, cv).await;
+        }
+        let h = self.next_header(FrameType::Data, file_id, offset, payload.len());
+        let raw = h.encode();
+        let tag = frame::mac(&self.key, &raw, cv);
+        self.w.write_all(&raw).await.map_err(|e| self.err(e))?;
+        let Some(Ok(sock)) = &self.zero_copy else { unreachable!("checked above") };
+        let sent = sendfile_all(sock, file, offset, payload.len()).await;
+        if let Err((done, e)) = sent {
+            // A source the kernel cannot splice from: the rest of the frame
+            // goes from memory, and so do later frames.
+            let unsupported = matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP));
+            if !unsupported {
+                return Err(self.err(e));
+            }
+            tracing::debug!(peer = %self.peer, "sendfile not supported here ({e}); writing frames from memory");
+            self.zero_copy = Some(Err(()));
+            self.w.write_all(&payload[done..]).await.map_err(|e| self.err(e))?;
+        }
+        self.w.write_all(tag.as_bytes()).await.map_err(|e| self.err(e))?;
+        Ok(h.seq)
     }
 
     /// Writes header, payload and MAC: small frames assembled into one
@@ -112,6 +160,48 @@ impl FrameWriter {
     fn err(&self, e: std::io::Error) -> XferError {
         XferError::io(format!("sending to {}", self.peer), e)
     }
+}
+
+/// A duplicate of the socket `fd`, registered with the runtime for
+/// writability (the original stays registered through its stream half).
+fn register(fd: RawFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: `fd` is the open socket of the writer half this
+    // `FrameWriter` owns; it is only duplicated here, never closed.
+    let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    // SAFETY: the `OwnedFd` is moved into the `AsyncFd` and stays open,
+    // naming the same socket, until the `AsyncFd` is dropped.
+    Ok(unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }?)
+}
+
+/// Sends `len` bytes of `file` from `offset` into the socket. The socket
+/// is non-blocking (the flag is shared with the stream half). On error,
+/// also says how many bytes went out before it.
+async fn sendfile_all(sock: &AsyncFd<OwnedFd>, file: &File, offset: u64, len: usize) -> std::result::Result<(), (usize, std::io::Error)> {
+    let mut off = offset as libc::off_t;
+    let mut left = len;
+    while left > 0 {
+        let mut guard = sock.writable().await.map_err(|e| (len - left, e))?;
+        let sent = guard.try_io(|s| {
+            // SAFETY: both descriptors are open for the call; `off` is a
+            // valid out-pointer.
+            let n = unsafe { libc::sendfile(s.as_raw_fd(), file.as_raw_fd(), &mut off, left) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match sent {
+            Ok(Ok(0)) => {
+                let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ended before the frame (changed while sent)");
+                return Err((len - left, e));
+            }
+            Ok(Ok(n)) => left -= n,
+            Ok(Err(e)) => return Err((len - left, e)),
+            Err(_would_block) => continue,
+        }
+    }
+    Ok(())
 }
 
 pub struct FrameReader {

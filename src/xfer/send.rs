@@ -51,6 +51,8 @@ pub struct SendConfig {
     /// Cap on payload bytes per second over all connections.
     pub max_rate: Option<u64>,
     pub handshake_timeout: Duration,
+    /// Large frames go from the file to a TCP socket with sendfile(2).
+    pub sendfile: bool,
 }
 
 impl SendConfig {
@@ -63,6 +65,7 @@ impl SendConfig {
             small_file: 1 << 20,
             max_rate: None,
             handshake_timeout: Duration::from_secs(10),
+            sendfile: true,
         }
     }
 
@@ -190,6 +193,8 @@ fn walk_one(path: &Path, rel: &Path, items: &mut Vec<Item>) -> Result<()> {
 /// A file whose frames are being sent.
 struct OutFile {
     id: u64,
+    /// Kept open for `sendfile` of the frames the map is hashed from.
+    file: File,
     map: Mmap,
     size: u64,
     frame_size: u64,
@@ -495,6 +500,9 @@ async fn connect_one(cfg: &SendConfig, connector: &dyn Connector, session: wire:
     let peer = stream.peer.clone();
     let mut reader = FrameReader::new(stream.reader, keys.rx, MAX_PAYLOAD, peer.clone());
     let mut writer = FrameWriter::new(stream.writer, keys.tx, peer.clone());
+    if !cfg.sendfile {
+        writer.without_sendfile();
+    }
     let join = Join {
         session,
         stream: idx as u16,
@@ -635,7 +643,7 @@ async fn write_loop(shared: &Shared, conn: &Conn, writer: &mut FrameWriter) -> R
                     p.pace(data.len()).await;
                 }
                 let cv = f.cv(*index);
-                writer.send_data(f.id, off, data, &cv).await?;
+                writer.send_data(f.id, off, data, &cv, Some(&f.file)).await?;
                 shared.sent_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
             Job::Control { ty, id, payload, digest } => {
@@ -818,6 +826,7 @@ async fn send_large(shared: &Arc<Shared>, id: u64, meta: Meta, path: PathBuf, si
     let frames = tree::frame_count(size, frame_size);
     let out = Arc::new(OutFile {
         id,
+        file,
         map,
         size,
         frame_size,
