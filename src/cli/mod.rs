@@ -9,6 +9,7 @@ pub mod digest;
 pub mod journal;
 pub mod man;
 pub mod mount;
+pub mod proxy;
 
 /// Exit status for a failed command (bad input, I/O error, ...).
 pub const EXIT_FAILURE: u8 = 1;
@@ -60,6 +61,8 @@ pub enum Command {
     Status(crate::guide::cli::StatusArgs),
     /// Move the primary to another node (drain, catch up, promote).
     Migrate(crate::guide::cli::MigrateArgs),
+    /// Run the proxy: one FTP address for clients, relayed to the current primary.
+    Proxy(proxy::ProxyArgs),
     /// Write the man pages for drift and every subcommand into a directory.
     #[command(hide = true)]
     Man(man::ManArgs),
@@ -137,6 +140,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Guide(args) => crate::guide::cli::run_guide(args),
         Command::Status(args) => crate::guide::cli::run_status(args),
         Command::Migrate(args) => crate::guide::cli::run_migrate(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Man(args) => man::run(args),
     }
 }

@@ -30,7 +30,9 @@
 pub mod link;
 pub mod manifest;
 pub mod msg;
+pub mod proxy_cred;
 pub mod reverse;
+pub mod subscriber;
 
 /// Greeting of a reverse transfer connection (followed by a 32-byte token).
 pub const REVERSE_MAGIC: &[u8; 8] = b"DRIFTREV";

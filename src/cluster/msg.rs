@@ -33,7 +33,10 @@
 //! `StatusReply`) and `Migrate` (answered by `MigrateReply` once the new
 //! primary serves, or failed). `Hello{kind: subscriber}` then nothing:
 //! the guide sends `Announce` at once with the current state, and again on
-//! every change.
+//! every change. `Hello{kind: proxy}` is a subscriber that also gets
+//! `InitialState{version, users, service}` (the users file holds the
+//! argon2 hashes the proxy checks logins against) at once when the guide
+//! has one, and again on every new version.
 
 use serde::{Deserialize, Serialize};
 
@@ -174,6 +177,8 @@ pub struct Load {
 pub enum PeerKind {
     Node,
     Subscriber,
+    /// A subscriber that also gets the initial state (`drift proxy`).
+    Proxy,
     Operator,
 }
 

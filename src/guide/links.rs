@@ -49,7 +49,8 @@ pub async fn serve(guide: Arc<Guide>, stream: Stream) {
             warn!(%peer, "node hello without its description");
             let _ = w.send(&Down::Refused { reason: "node hello without `node`".into() }).await;
         }
-        Hello { kind: PeerKind::Subscriber, .. } => subscriber(guide, r, w).await,
+        Hello { kind: PeerKind::Subscriber, .. } => subscriber(guide, r, w, false).await,
+        Hello { kind: PeerKind::Proxy, .. } => subscriber(guide, r, w, true).await,
         Hello { kind: PeerKind::Operator, .. } => operator(guide, r, w).await,
     }
 }
@@ -109,9 +110,12 @@ fn welcome(guide: &Guide, nh: &NodeHello, link: Link) -> Result<(Role, Option<u6
         inner.primary = Some(nh.id.clone());
         inner.phase = Phase::Serving;
         role = Role::Primary;
-    } else if is_primary && nh.epoch == inner.epoch && !inner.busy && inner.phase == Phase::Serving && tail.differs_at.is_none() {
+    } else if is_primary && nh.epoch == inner.epoch && !inner.busy && inner.phase == Phase::Serving && tail.differs_at.is_none() && nh.journal_seq >= hseq {
+        // (A journal behind the history, e.g. its last commits lost with
+        // the machine's power, must catch up first: it is not the primary
+        // the history says it was.)
         role = Role::Primary;
-    } else if is_primary && nh.epoch == inner.epoch && inner.failover_waiting && tail.differs_at.is_none() {
+    } else if is_primary && nh.epoch == inner.epoch && inner.failover_waiting && tail.differs_at.is_none() && nh.journal_seq >= hseq {
         // Its link closed but its lease has not run out yet: nothing was
         // decided, it keeps the role.
         info!(node = %nh.id, "the primary is back within its lease: failover cancelled");
@@ -239,18 +243,41 @@ fn link_closed(guide: &Guide, id: &str, conn: u64) {
     guide.bump();
 }
 
-async fn subscriber(guide: Arc<Guide>, mut r: LinkReader, mut w: LinkWriter) {
+/// A subscriber: the announcement at once and on every change; a proxy
+/// (`with_initial`) also gets each new version of the initial state.
+async fn subscriber(guide: Arc<Guide>, mut r: LinkReader, mut w: LinkWriter, with_initial: bool) {
     let peer = r.peer().to_owned();
-    info!(%peer, "subscriber joined");
+    info!(%peer, proxy = with_initial, "subscriber joined");
     let mut rx = guide.announce.subscribe();
+    let mut changed = guide.changed.subscribe();
+    let mut sent_ann = None;
+    let mut sent_version = None;
     loop {
         let ann = rx.borrow_and_update().clone();
-        if let Err(e) = w.send(&Down::Announce(ann)).await {
-            info!(%peer, "subscriber gone: {e}");
-            return;
+        let mut out = Vec::new();
+        if sent_ann.as_ref() != Some(&ann) {
+            sent_ann = Some(ann.clone());
+            out.push(Down::Announce(ann));
+        }
+        if with_initial {
+            let initial = {
+                let inner = guide.inner();
+                inner.initial.as_ref().filter(|st| sent_version != Some(st.version)).cloned()
+            };
+            if let Some(st) = initial {
+                sent_version = Some(st.version);
+                out.push(Down::InitialState { version: st.version, users: st.users, service: st.service });
+            }
+        }
+        for m in out {
+            if let Err(e) = w.send(&m).await {
+                info!(%peer, "subscriber gone: {e}");
+                return;
+            }
         }
         tokio::select! {
             c = rx.changed() => if c.is_err() { return },
+            c = changed.changed(), if with_initial => if c.is_err() { return },
             m = r.recv::<Up>() => match m {
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {

@@ -177,6 +177,9 @@ fn initial_state(guide: &Guide, id: &str, epoch: u64, users: String, service: St
             }
         }
     }
+    drop(inner);
+    // Proxies follow the initial state through the change notification.
+    guide.bump();
     vec![]
 }
 

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, Principal, UserDetail, UserDetailError, UserDetailProvider};
 
 use super::config::{LockBy, LoginPolicy};
+use crate::cluster::proxy_cred::{CredError, ProxyTrust};
 use super::state::StateHandle;
 use super::users::{canonical_ip, validate_name, MAX_NAME_LEN};
 use super::xferlog::{Entry, Outcome, TransferLog};
@@ -222,6 +223,8 @@ pub struct NodeAuthenticator {
     state: Arc<StateHandle>,
     lockout: Arc<Lockout>,
     xferlog: Arc<TransferLog>,
+    /// Accepts proxy credentials ([`crate::cluster::proxy_cred`]) when set.
+    proxy: Option<Arc<ProxyTrust>>,
 }
 
 impl fmt::Debug for NodeAuthenticator {
@@ -246,7 +249,43 @@ impl NodeAuthenticator {
             state,
             lockout,
             xferlog: Arc::new(TransferLog::off()),
+            proxy: None,
         }
+    }
+
+    /// Accepts proxy credentials checked by `trust` (`None`: refuses them).
+    pub fn with_proxy_trust(mut self, trust: Option<Arc<ProxyTrust>>) -> Self {
+        self.proxy = trust;
+        self
+    }
+
+    /// A login with a proxy credential: the proxy checked the password;
+    /// this node checks the credential (key, proxy address, time, nonce),
+    /// that the user exists, and the user's address rules against the
+    /// client address the credential carries. The lockout is the proxy's.
+    fn check_proxy(&self, username: &str, password: &str, peer: IpAddr) -> Result<IpAddr, Refusal> {
+        let refuse = |reason: &'static str| Refusal { reason, error: AuthenticationError::BadPassword };
+        let Some(trust) = &self.proxy else {
+            return Err(refuse("proxy credential, but no [cluster] proxies configured"));
+        };
+        let client = trust.verify(username, password, peer).map_err(|e| {
+            tracing::warn!(user = %shown_name(username), %peer, "proxy credential refused: {e}");
+            refuse(match e {
+                CredError::NotAProxy(_) => "proxy credential from a non-proxy address",
+                CredError::BadMac => "proxy credential with a wrong key",
+                CredError::Expired => "proxy credential expired",
+                CredError::Replayed => "proxy credential replayed",
+                CredError::Malformed | CredError::NotACredential | CredError::Full => "bad proxy credential",
+            })
+        })?;
+        let state = self.state.current();
+        let Some(user) = validate_name(username).ok().and_then(|()| state.users.get(username)) else {
+            return Err(Refusal { reason: "unknown user", error: AuthenticationError::BadUser });
+        };
+        if !user.allows(client) {
+            return Err(Refusal { reason: "address not allowed", error: AuthenticationError::IpDisallowed });
+        }
+        Ok(client)
     }
 
     /// Writes a `LOGIN` line to `log` for every login attempt.
@@ -331,7 +370,14 @@ impl Authenticator for NodeAuthenticator {
         let started = Instant::now();
         let ip = canonical_ip(creds.source_ip);
         let password = creds.password.clone().unwrap_or_default();
-        let result = self.check(username, password, ip).await;
+        let (ip, result) = if crate::cluster::proxy_cred::is_credential(&password) {
+            match self.check_proxy(username, &password, ip) {
+                Ok(client) => (client, Ok(())),
+                Err(r) => (ip, Err(r)),
+            }
+        } else {
+            (ip, self.check(username, password, ip).await)
+        };
         // The refusal is logged here once, in the transfer log; the
         // diagnostic log only says when a lockout starts or is lifted.
         let shown = shown_name(username);

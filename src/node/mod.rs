@@ -258,7 +258,11 @@ async fn serve(
     let state = ctx.state.clone();
     let root = ctx.served_root.clone();
     let transfers = ctx.transfers.clone();
-    let front = Arc::new(server::Front::new(ctx));
+    let proxy_trust = agent
+        .as_ref()
+        .filter(|a| !a.cfg.proxies.is_empty())
+        .map(|a| Arc::new(crate::cluster::proxy_cred::ProxyTrust::new(a.key.clone(), a.cfg.proxies.clone())));
+    let front = Arc::new(server::Front::new(ctx, proxy_trust));
     let listener = front.bind(service_file).await?;
     let addr = listener.local_addr().map_err(|source| server::ServerError::Bind {
         addr: state.current().service.listen,

@@ -58,11 +58,16 @@ pub struct Front {
 }
 
 impl Front {
-    pub fn new(storage: Arc<StorageContext>) -> Front {
+    /// `proxy`: whose proxy credentials this node accepts (`None`: none).
+    pub fn new(storage: Arc<StorageContext>, proxy: Option<Arc<crate::cluster::proxy_cred::ProxyTrust>>) -> Front {
         let state = storage.state.clone();
         let lockout = Arc::new(Lockout::default());
         Front {
-            authenticator: Arc::new(NodeAuthenticator::new(state.clone(), lockout.clone()).with_transfer_log(storage.xferlog.clone())),
+            authenticator: Arc::new(
+                NodeAuthenticator::new(state.clone(), lockout.clone())
+                    .with_transfer_log(storage.xferlog.clone())
+                    .with_proxy_trust(proxy),
+            ),
             lockout,
             users: Arc::new(NodeUserProvider::new(state.clone(), storage.served_root.clone())),
             sessions: storage.sessions.clone(),

@@ -693,3 +693,69 @@ impl Cluster {
         move || primary_ftp(&guide, &key)
     }
 }
+
+/// A running `drift proxy` in front of a [`Cluster`] (see
+/// [`Cluster::start_proxy`]); stopped when dropped.
+pub struct ClusterProxy {
+    pub port: u16,
+    pub config: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+impl ClusterProxy {
+    /// The proxy's FTP `host:port`.
+    pub fn ftp(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.ftp().parse().unwrap()
+    }
+
+    pub fn url(&self, user: &str, pass: &str, path: &str) -> String {
+        format!("ftp://{user}:{pass}@{}{path}", self.ftp())
+    }
+
+    pub fn logs(&self) -> String {
+        self.proc.as_ref().map(|p| p.logs()).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
+        self.proc.as_ref().is_some_and(|p| p.wait_log(needle, limit))
+    }
+}
+
+impl Drop for ClusterProxy {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Cluster {
+    /// Writes a proxy.toml (passive ports 21000–29999, `extra` lines
+    /// appended) and starts `drift proxy`; returns once it listens and
+    /// holds the users file from the guide. Nodes accept its credentials
+    /// only with `proxies = [...]` in their `[cluster]` section
+    /// ([`ClusterSetup::node_extra`]).
+    pub fn start_proxy(&self, extra: &str) -> ClusterProxy {
+        let port = free_port();
+        let config = self.dir.path().join(format!("proxy-{port}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nguide = \"{}\"\nkey_file = \"cluster.key\"\npassive_ports = [21000, 29999]\npatience_secs = 30\n{extra}\n",
+                self.guide_addr()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(drift_bin());
+        cmd.args(["proxy", "--config"]).arg(&config).env("DRIFT_LOG", "info");
+        let p = Proc::spawn("proxy", &mut cmd);
+        if !p.wait_log("proxy listening", Duration::from_secs(30)) || !p.wait_log("initial state received", Duration::from_secs(30)) {
+            panic!("proxy did not start:\n{}\n{}", p.logs(), self.all_logs());
+        }
+        ClusterProxy { port, config, proc: Some(p) }
+    }
+}

@@ -23,6 +23,10 @@ pub struct RawCluster {
     threat_file: Option<PathBuf>,
     threat_command: Option<String>,
     state_dir: Option<PathBuf>,
+    /// Addresses (CIDR or single IPs) of the proxies whose credentials
+    /// this node accepts (`src/cluster/proxy_cred.rs`).
+    #[serde(default)]
+    proxies: Vec<String>,
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -70,6 +74,8 @@ pub struct ClusterConfig {
     pub threat: ThreatSource,
     /// The agent's own files (confirmed seq, inbox, outbox, quarantine).
     pub state_dir: PathBuf,
+    /// The networks proxy credentials are accepted from; empty: none.
+    pub proxies: Vec<ipnet::IpNet>,
 }
 
 /// Whether `id` is a valid node id (`[A-Za-z0-9_.-]{1,64}`).
@@ -140,7 +146,13 @@ impl ClusterConfig {
                 PathBuf::from(s)
             }
         };
+        let proxies = raw
+            .proxies
+            .iter()
+            .map(|p| crate::node::users::parse_net(p).map_err(|e| format!("cluster.proxies: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ClusterConfig {
+            proxies,
             guide: raw.guide,
             key_file: resolve(base, &raw.key_file),
             node_id: raw.node_id,

@@ -1,0 +1,268 @@
+//! The logged-in part of a session: the backend session on the current
+//! primary (opened, and re-opened after a change of primary, with the
+//! working directory and type restored), relayed commands and relayed
+//! passive data connections.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::backend::{quoted_path, Backend, COMMAND_TIMEOUT};
+use crate::passive::accept_from;
+use crate::reply::Reply;
+use crate::session::{Flow, Session};
+
+/// How long the final reply of a transfer may take once the data is done
+/// (the node waits for the guide with `ack = "guide"`).
+const FINAL_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Commands relayed as they are.
+const RELAYED: &[&str] = &[
+    "CWD", "XCWD", "CDUP", "XCUP", "PWD", "XPWD", "MKD", "XMKD", "RMD", "XRMD", "DELE", "RNFR", "RNTO", "SIZE", "MDTM", "MLST", "NOOP",
+    "FEAT", "TYPE", "STAT", "REST", "ALLO", "MODE", "STRU", "HELP", "OPTS", "ABOR", "MFMT", "HASH", "SITE",
+];
+/// Commands that use a data connection.
+const DATA: &[&str] = &["RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"];
+/// Data commands whose bytes go from the client to the node.
+const UPLOADS: &[&str] = &["STOR", "APPE", "STOU"];
+/// Commands that change nothing: safe to send again on a new primary when
+/// the old one was lost before it answered.
+const REPEATABLE: &[&str] = &["CWD", "XCWD", "CDUP", "XCUP", "PWD", "XPWD", "SIZE", "MDTM", "MLST", "NOOP", "FEAT", "TYPE", "STAT", "HELP", "HASH"];
+
+impl Session {
+    /// Makes sure the backend session is on the primary the guide
+    /// announces, holding (up to `patience`) while none serves. The error
+    /// is the reply for the client.
+    pub async fn ensure_backend(&mut self) -> Result<(), Reply> {
+        let patience = self.shared.cfg.patience;
+        let deadline = tokio::time::Instant::now() + patience;
+        let user = self.user.clone().ok_or_else(|| Reply::new(530, "Please log in with USER and PASS"))?;
+        loop {
+            let mut view = self.shared.view.clone();
+            let target = tokio::time::timeout_at(deadline, view.wait_for(|v| v.target().is_some()))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .and_then(|v| v.target().map(|(e, f)| (e, f.to_owned())));
+            let Some((epoch, ftp)) = target else {
+                warn!(session = self.id, "no primary serving within {patience:?}");
+                return Err(Reply::new(421, format!("Service not available: no primary within {} s", patience.as_secs())));
+            };
+            if self.backend.as_ref().is_some_and(|b| b.epoch == epoch) {
+                return Ok(());
+            }
+            if let Some(old) = self.backend.take() {
+                info!(session = self.id, from_epoch = old.epoch, to_epoch = epoch, "moving the session to the new primary");
+                tokio::spawn(old.quit());
+            }
+            match self.open_backend(&user, &ftp, epoch).await {
+                Ok(b) => {
+                    self.backend = Some(b);
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(session = self.id, epoch, "cannot open a session on the primary: {e}");
+                    // Wait for the next announcement (or the deadline).
+                    let mut view = self.shared.view.clone();
+                    let changed = tokio::time::timeout(Duration::from_millis(500), view.wait_for(|v| v.epoch != epoch || v.target().is_none()));
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return Err(Reply::new(421, "Service not available: the primary does not answer"));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open_backend(&self, user: &str, ftp: &str, epoch: u64) -> Result<Backend, String> {
+        let mut b = Backend::connect(ftp, self.shared.cfg.backend_source, epoch).await.map_err(|e| e.to_string())?;
+        let auth = self.shared.auth.clone();
+        let (u, ip): (String, IpAddr) = (user.to_owned(), self.client);
+        let pw = tokio::task::spawn_blocking(move || auth.backend_password(&u, ip)).await.map_err(|e| e.to_string())?;
+        b.login(user, &pw).await.map_err(|e| e.to_string())?;
+        if let Some(t) = &self.type_ {
+            let r = b.command(&format!("TYPE {t}")).await.map_err(|e| e.to_string())?;
+            if !r.success() {
+                return Err(format!("restoring TYPE {t}: {}", r.text()));
+            }
+        }
+        if let Some(d) = &self.cwd {
+            let r = b.command(&format!("CWD {d}")).await.map_err(|e| e.to_string())?;
+            if !r.success() {
+                return Err(format!("restoring the directory {d}: {}", r.text()));
+            }
+        }
+        Ok(b)
+    }
+
+    /// A command of a logged-in session.
+    pub async fn logged_in(&mut self, verb: &str, line: &str) -> std::io::Result<Flow> {
+        let reply = match verb {
+            "PASV" | "EPSV" => self.open_passive(verb == "EPSV").await,
+            v if DATA.contains(&v) => return self.data_command(line).await,
+            v if RELAYED.contains(&v) => match self.relay(verb, line).await {
+                Ok(r) => r,
+                Err(r) => {
+                    self.send(&r).await?;
+                    return Ok(if r.code == 421 { Flow::Close } else { Flow::Continue });
+                }
+            },
+            _ => Reply::new(502, "Command not implemented"),
+        };
+        self.send(&reply).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Relays one command; after a success, tracks what a new backend
+    /// must restore.
+    async fn relay(&mut self, verb: &str, line: &str) -> Result<Reply, Reply> {
+        let mut tries = 0;
+        let reply = loop {
+            self.ensure_backend().await?;
+            let Some(b) = self.backend.as_mut() else { continue };
+            match b.command(line).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    warn!(session = self.id, "the primary was lost during {verb}: {e}");
+                    self.backend = None;
+                    tries += 1;
+                    if !REPEATABLE.contains(&verb) || tries > 1 {
+                        return Err(Reply::new(451, format!("The primary was lost during {verb}; it may not have taken effect")));
+                    }
+                }
+            }
+        };
+        if reply.success() {
+            match verb {
+                "TYPE" => self.type_ = Some(line[4..].trim().to_owned()),
+                "CWD" | "XCWD" | "CDUP" | "XCUP" => self.track_cwd().await,
+                _ => {}
+            }
+        }
+        Ok(filter(verb, reply))
+    }
+
+    async fn track_cwd(&mut self) {
+        let Some(b) = self.backend.as_mut() else { return };
+        if let Ok(r) = b.command("PWD").await {
+            if r.code == 257 {
+                self.cwd = quoted_path(r.text());
+            }
+        }
+    }
+
+    async fn open_passive(&mut self, extended: bool) -> Reply {
+        let ip = self.local;
+        let listener = match self.shared.passive.bind(ip).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(session = self.id, "no passive port: {e}");
+                return Reply::new(425, "No passive port free");
+            }
+        };
+        let port = match listener.local_addr() {
+            Ok(a) => a.port(),
+            Err(_) => return Reply::new(425, "No passive port free"),
+        };
+        self.passive = Some(listener);
+        if extended {
+            return Reply::new(229, format!("Entering Extended Passive Mode (|||{port}|)"));
+        }
+        let v4 = match (self.shared.cfg.passive_host, ip) {
+            (Some(h), _) => h,
+            (None, IpAddr::V4(v4)) => v4,
+            (None, IpAddr::V6(_)) => {
+                self.passive = None;
+                return Reply::new(425, "PASV needs IPv4: use EPSV");
+            }
+        };
+        let o = v4.octets();
+        Reply::new(227, format!("Entering Passive Mode ({},{},{},{},{},{})", o[0], o[1], o[2], o[3], port >> 8, port & 0xff))
+    }
+
+    /// RETR, STOR, LIST, ...: a data connection on each side, joined.
+    async fn data_command(&mut self, line: &str) -> std::io::Result<Flow> {
+        let Some(listener) = self.passive.take() else {
+            self.send(&Reply::new(425, "Use PASV or EPSV first")).await?;
+            return Ok(Flow::Continue);
+        };
+        let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        // Until the node answered, nothing reached the client: a lost
+        // primary is replaced and the command sent again, except APPE and
+        // STOU, whose effect a second try would double.
+        let repeatable = !matches!(verb.as_str(), "APPE" | "STOU");
+        let deadline = tokio::time::Instant::now() + self.shared.cfg.patience;
+        let (node_data, first) = loop {
+            if let Err(r) = self.ensure_backend().await {
+                self.send(&r).await?;
+                return Ok(Flow::Close);
+            }
+            let Some(b) = self.backend.as_mut() else { return Ok(Flow::Close) };
+            let mut sent = false;
+            let attempt = async {
+                let d = b.open_data().await?;
+                sent = true;
+                b.send(line).await?;
+                Ok::<_, crate::backend::BackendError>((d, b.reply(COMMAND_TIMEOUT).await?))
+            }
+            .await;
+            match attempt {
+                Ok(x) => break x,
+                Err(e) => {
+                    warn!(session = self.id, "the primary was lost before answering {verb}: {e}");
+                    self.backend = None;
+                    if (sent && !repeatable) || tokio::time::Instant::now() >= deadline {
+                        self.send(&Reply::new(451, format!("The primary was lost during {verb}; try again"))).await?;
+                        return Ok(Flow::Continue);
+                    }
+                }
+            }
+        };
+        if !first.preliminary() {
+            self.send(&first).await?;
+            return Ok(Flow::Continue);
+        }
+        self.send(&first).await?;
+        let upload = UPLOADS.iter().any(|u| line.len() >= u.len() && line[..u.len()].eq_ignore_ascii_case(u));
+        let relayed = match accept_from(&listener, self.client).await {
+            Ok(client_data) => {
+                drop(listener);
+                if upload {
+                    pump(client_data, node_data).await
+                } else {
+                    pump(node_data, client_data).await
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let Some(b) = self.backend.as_mut() else { return Ok(Flow::Close) };
+        let last = b.reply(FINAL_REPLY_TIMEOUT).await;
+        match last {
+            Ok(r) => self.send(&r).await?,
+            Err(e) => {
+                warn!(session = self.id, "no final reply from the primary ({e}); data connection: {relayed:?}");
+                self.backend = None;
+                self.send(&Reply::new(451, "The transfer did not complete on the service")).await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+/// Copies `from` to `to` until `from` ends, then ends `to` (the other
+/// direction carries nothing in stream mode).
+async fn pump(mut from: tokio::net::TcpStream, mut to: tokio::net::TcpStream) -> std::io::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let n = tokio::io::copy(&mut from, &mut to).await?;
+    to.shutdown().await?;
+    Ok(n)
+}
+
+/// Hides what the proxy does not offer from a relayed FEAT.
+fn filter(verb: &str, mut r: Reply) -> Reply {
+    if verb == "FEAT" && r.lines.len() > 2 {
+        let hidden = ["AUTH", "PBSZ", "PROT", "EPRT", "CCC"];
+        r.lines.retain(|l| !hidden.iter().any(|h| l.trim_start().to_ascii_uppercase().starts_with(h)));
+    }
+    r
+}
