@@ -361,7 +361,7 @@ fn a_backup_applies_forwarded_history_then_serves_once_promoted() {
     guide.shared.epoch.store(2, Ordering::SeqCst);
     guide.shared.lease.store(true, Ordering::SeqCst);
     guide.shared.store.store(true, Ordering::SeqCst);
-    guide.send(Down::Promote { epoch: 2, lease_ms: 600 });
+    guide.send(Down::Promote { epoch: 2, lease_ms: 600, history_seq: Some(2) });
     assert!(node.wait_log("promoted"), "{}", node.logs());
     let mut ftp = Ftp::login(node.addr(), "alice", "alice-pw-1");
     assert_eq!(ftp.retr("d/x.bin"), (226, content));

@@ -44,6 +44,30 @@ use drift_fs::{Entry, Op};
 
 /// Most entries in one `Entries` or `Forward` message.
 pub const MAX_BATCH: usize = 2048;
+/// Most bytes of entries one `Entries` or `Forward` message carries, by
+/// [`wire_cost`]: half the link's message limit, so a batch of long paths
+/// is cut by size before it could be refused by the link.
+pub const MAX_BATCH_WIRE_BYTES: usize = (crate::cluster::link::MAX_MESSAGE / 2) as usize;
+
+/// An upper bound on the encoded size of an entry with these path and
+/// target lengths: JSON may spell each byte of a name as `\u00XX`.
+pub fn wire_cost(path_len: usize, to_len: usize) -> usize {
+    6 * (path_len + to_len) + 512
+}
+
+/// How many of `entries` (at least one) fit in one message.
+pub fn batch_len<'a>(entries: impl IntoIterator<Item = &'a WireEntry>) -> usize {
+    let mut total = 0;
+    let mut n = 0;
+    for e in entries {
+        total += wire_cost(e.path.len(), e.to.as_ref().map_or(0, |t| t.len()));
+        if n > 0 && total > MAX_BATCH_WIRE_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
 /// Most fingerprints a node sends of its unconfirmed tail.
 pub const MAX_TAIL: usize = 100_000;
 
@@ -291,7 +315,9 @@ pub enum Down {
     Stored { epoch: u64, seq: u64 },
     Forward { entries: Vec<WireEntry>, #[serde(default)] absent: Vec<u64> },
     InitialState { version: u64, users: String, service: String },
-    Promote { epoch: u64, lease_ms: u64 },
+    /// `history_seq`: the history's last seq when the node was promoted;
+    /// its journal must end exactly there.
+    Promote { epoch: u64, lease_ms: u64, #[serde(default)] history_seq: Option<u64> },
     Demote { epoch: u64, reason: String },
     Drain { epoch: u64 },
     OpenReverse { token: String },
@@ -303,6 +329,25 @@ pub enum Down {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_of_long_escaped_paths_is_cut_before_the_link_limit() {
+        // The longest name a journal holds, all control characters: JSON
+        // spells each as \u00XX.
+        let path = format!("/{}", "\u{1}".repeat(4095));
+        let mut rename = write(1, &path);
+        rename.op = "rename".into();
+        rename.to = Some(path.clone());
+        let batch: Vec<WireEntry> = (1..=MAX_BATCH as u64).map(|seq| WireEntry { seq, ..rename.clone() }).collect();
+        let n = batch_len(&batch);
+        assert!(n >= 1 && n < MAX_BATCH, "{n}");
+        let encoded = serde_json::to_vec(&Down::Forward { entries: batch[..n].to_vec(), absent: vec![] }).unwrap();
+        assert!(encoded.len() <= crate::cluster::link::MAX_MESSAGE as usize, "{} bytes", encoded.len());
+        // One entry always goes, whatever its size; short ones all fit.
+        assert_eq!(batch_len(&batch[..1]), 1);
+        let short: Vec<WireEntry> = (1..=MAX_BATCH as u64).map(|seq| write(seq, "/a/b")).collect();
+        assert_eq!(batch_len(&short), MAX_BATCH);
+    }
 
     fn write(seq: u64, path: &str) -> WireEntry {
         WireEntry {

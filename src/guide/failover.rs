@@ -121,9 +121,11 @@ async fn passive(guide: Arc<Guide>, old: String, detected: Instant, gen: u64) {
     loop {
         let now = Instant::now();
         let target = {
+            // History before inner: the documented lock order.
+            let hseq = guide.history().seq();
             let inner = guide.inner();
-            choose_target(&inner, now, guide.lease(), guide.cfg.threat_threshold, excluded.as_deref())
-                .or_else(|| choose_target(&inner, now, guide.lease(), guide.cfg.threat_threshold, None))
+            choose_target(&inner, now, guide.lease(), guide.cfg.threat_threshold, excluded.as_deref(), hseq)
+                .or_else(|| choose_target(&inner, now, guide.lease(), guide.cfg.threat_threshold, None, hseq))
         };
         let Some(target) = target else {
             if now >= quiet_until {
@@ -157,6 +159,8 @@ async fn passive(guide: Arc<Guide>, old: String, detected: Instant, gen: u64) {
 }
 
 /// Waits until `target` holds the whole history (or is lost).
+/// A node whose journal runs past the history never counts as caught up:
+/// it holds changes the guide never stored.
 pub async fn catch_up(guide: &Guide, target: &str) -> bool {
     let lease = guide.lease();
     guide
@@ -166,7 +170,7 @@ pub async fn catch_up(guide: &Guide, target: &str) -> bool {
         .await
         && {
             let hseq = guide.history().seq();
-            guide.inner().nodes.get(target).is_some_and(|n| n.live(Instant::now(), lease) && n.applied >= hseq)
+            guide.inner().nodes.get(target).is_some_and(|n| n.live(Instant::now(), lease) && n.applied == hseq)
         }
 }
 
@@ -174,6 +178,10 @@ pub async fn catch_up(guide: &Guide, target: &str) -> bool {
 /// `Demote` to `old`). Returns the new epoch.
 pub async fn promote(guide: &Guide, target: &str, old: Option<&str>, why: &str) -> Result<u64, String> {
     let now = Instant::now();
+    // History before inner (the lock order). Entries are refused or the
+    // primary is gone by now, so the history stands still until the
+    // target ships as primary of the new epoch.
+    let hseq = guide.history().seq();
     let mut inner = guide.inner();
     let next = CoordState { epoch: inner.epoch + 1, primary: Some(target.to_owned()) };
     match guide.coord.compare_and_set(inner.epoch, &next) {
@@ -198,7 +206,7 @@ pub async fn promote(guide: &Guide, target: &str, old: Option<&str>, why: &str) 
         n.assigned = Role::Primary;
         n.demote_sent = None;
         if let Some(l) = &n.link {
-            let _ = l.tx.send(Down::Promote { epoch, lease_ms });
+            let _ = l.tx.send(Down::Promote { epoch, lease_ms, history_seq: Some(hseq) });
         }
     }
     if let Some(o) = old {

@@ -111,7 +111,11 @@ fn target_for(guide: &Guide, inner: &super::state::Inner, old: &str, to: Option<
             }
             Ok(t.to_owned())
         }
-        None => choose_target(inner, now, lease, guide.cfg.threat_threshold, Some(old)).ok_or_else(|| "no other live node can take over".to_string()),
+        // (`inner` is held, so the history cannot be read here: the lock
+        // order is history first. `catch_up` refuses a target whose
+        // journal runs past the history.)
+        None => choose_target(inner, now, lease, guide.cfg.threat_threshold, Some(old), u64::MAX)
+            .ok_or_else(|| "no other live node can take over".to_string()),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::state::Guide;
+use super::state::{Guide, Phase};
 use crate::cluster::msg::{Down, Heartbeat, Role, Up, WireEntry};
 
 /// Least time between two `Demote`s to one node.
@@ -88,12 +88,23 @@ fn heartbeat(guide: &Guide, id: &str, conn: u64, hb: Heartbeat) -> Vec<Down> {
         warn!(node = id, node_epoch = hb.epoch, epoch, "a node acts as primary outside its epoch: demoted");
         out.push(Down::Demote { epoch, reason: format!("epoch {epoch} has another primary") });
     }
+    let serves = is_primary && hb.epoch == epoch && hb.role == Role::Primary;
     n.hb = Some(hb);
     if !out.is_empty() && matches!(out[0], Down::Lease { .. }) {
         inner.lease_until = now + lease;
     }
+    // A promotion whose wait for this heartbeat timed out left the phase
+    // at `switching` with nothing running: the primary serves, say so.
+    let unstuck = serves && inner.phase == Phase::Switching && !inner.busy && !inner.failover_waiting;
+    if unstuck {
+        inner.phase = Phase::Serving;
+        info!(node = id, epoch, "the primary serves: switching is over");
+    }
     drop(inner);
     guide.bump();
+    if unstuck {
+        guide.announce_now();
+    }
     out
 }
 

@@ -279,13 +279,16 @@ pub fn announcement(inner: &Inner) -> Announcement {
 }
 
 /// The candidate a failover or migration promotes: live, not `exclude`,
-/// not over the threat threshold; the highest applied seq, then the
-/// fewest sessions, then the lowest threat, then the smallest id.
-pub fn choose_target(inner: &Inner, now: Instant, lease: Duration, threshold: u8, exclude: Option<&str>) -> Option<String> {
+/// not over the threat threshold, holding nothing past the history
+/// (`hseq`: a journal that runs past it has changes the guide never
+/// stored, such as an old primary's unshipped tail); the highest applied
+/// seq, then the fewest sessions, then the lowest threat, then the
+/// smallest id.
+pub fn choose_target(inner: &Inner, now: Instant, lease: Duration, threshold: u8, exclude: Option<&str>, hseq: u64) -> Option<String> {
     let mut c: Vec<&NodeInfo> = inner
         .nodes
         .values()
-        .filter(|n| Some(n.id.as_str()) != exclude && n.live(now, lease) && n.threat() <= threshold)
+        .filter(|n| Some(n.id.as_str()) != exclude && n.live(now, lease) && n.threat() <= threshold && n.applied <= hseq)
         .collect();
     c.sort_by(|a, b| {
         b.applied
@@ -348,11 +351,16 @@ mod tests {
         let lease = Duration::from_secs(1);
         let now = Instant::now();
         let i = inner(vec![node("a", 10, 0, 0, true), node("b", 12, 5, 10, true), node("c", 12, 1, 50, true), node("d", 20, 0, 0, false)]);
-        assert_eq!(choose_target(&i, now, lease, 80, None).as_deref(), Some("c"), "d is down; b and c tie on seq, c has fewer sessions");
+        assert_eq!(choose_target(&i, now, lease, 80, None, 20).as_deref(), Some("c"), "d is down; b and c tie on seq, c has fewer sessions");
         let i = inner(vec![node("b", 12, 1, 10, true), node("c", 12, 1, 50, true)]);
-        assert_eq!(choose_target(&i, now, lease, 80, None).as_deref(), Some("b"), "then the lower threat");
+        assert_eq!(choose_target(&i, now, lease, 80, None, 12).as_deref(), Some("b"), "then the lower threat");
         let i = inner(vec![node("b", 12, 1, 90, true), node("c", 3, 1, 50, true)]);
-        assert_eq!(choose_target(&i, now, lease, 80, None).as_deref(), Some("c"), "never a node over the threshold");
-        assert_eq!(choose_target(&i, now, lease, 80, Some("c")), None);
+        assert_eq!(choose_target(&i, now, lease, 80, None, 12).as_deref(), Some("c"), "never a node over the threshold");
+        assert_eq!(choose_target(&i, now, lease, 80, Some("c"), 12), None);
+        // A journal past the history (an old primary's unshipped tail) is
+        // never promoted, however far ahead it is.
+        let i = inner(vec![node("old", 15, 0, 0, true), node("b", 11, 3, 0, true)]);
+        assert_eq!(choose_target(&i, now, lease, 80, None, 12).as_deref(), Some("b"));
+        assert_eq!(choose_target(&i, now, lease, 80, Some("b"), 12), None);
     }
 }

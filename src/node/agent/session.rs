@@ -464,12 +464,19 @@ impl Link<'_> {
                     self.take_users(version, users).await;
                 }
             }
-            Down::Promote { epoch, lease_ms } => {
+            Down::Promote { epoch, lease_ms, history_seq } => {
                 if epoch < a.gate.epoch() {
                     tracing::warn!(epoch, ours = a.gate.epoch(), "Promote for an old epoch; ignored");
                     return Ok(None);
                 }
                 let last = a.journal.last_seq();
+                if let Some(h) = history_seq.filter(|h| *h != last) {
+                    // Serving from a journal that is not the history would
+                    // acknowledge or lose changes: say hello again instead,
+                    // and let the guide decide from what this node holds.
+                    tracing::error!(epoch, history_seq = h, journal_seq = last, "promoted, but the journal does not end where the history does; not taking the role");
+                    return Err(SessionError::Local(format!("promoted at history seq {h} with a journal ending at {last}")));
+                }
                 a.gate.become_primary(epoch, lease_end(Instant::now(), lease_ms));
                 a.gate.reset_stored(last);
                 self.note_epoch(epoch);
