@@ -15,6 +15,7 @@
 //! - [`backend`]: one FTP client session on a node.
 //! - [`passive`]: the proxy's own passive ports.
 //! - [`session`]: one client session: the login and the command loop.
+//! - [`download`]: a RETR that resumes on a new primary (same BLAKE3).
 //! - [`relay`]: the backend on the current primary, relayed commands and
 //!   data connections, holding while no primary serves.
 //! - [`server`]: the listener and the session limit.
@@ -23,6 +24,7 @@ use std::net::IpAddr;
 
 pub mod backend;
 pub mod config;
+pub mod download;
 pub mod passive;
 pub mod relay;
 pub mod reply;

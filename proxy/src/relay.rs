@@ -9,13 +9,14 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::backend::{quoted_path, Backend, COMMAND_TIMEOUT};
+use crate::download::file_id;
 use crate::passive::accept_from;
 use crate::reply::Reply;
 use crate::session::{Flow, Session};
 
 /// How long the final reply of a transfer may take once the data is done
 /// (the node waits for the guide with `ack = "guide"`).
-const FINAL_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+pub const FINAL_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Commands relayed as they are.
 const RELAYED: &[&str] = &[
@@ -135,6 +136,7 @@ impl Session {
         if reply.success() {
             match verb {
                 "TYPE" => self.type_ = Some(line[4..].trim().to_owned()),
+                "REST" => self.rest = line[4..].trim().parse().unwrap_or(0),
                 "CWD" | "XCWD" | "CDUP" | "XCUP" => self.track_cwd().await,
                 _ => {}
             }
@@ -192,7 +194,12 @@ impl Session {
         // STOU, whose effect a second try would double.
         let repeatable = !matches!(verb.as_str(), "APPE" | "STOU");
         let deadline = tokio::time::Instant::now() + self.shared.cfg.patience;
-        let (node_data, first) = loop {
+        let rest = std::mem::take(&mut self.rest);
+        let path = line.get(verb.len() + 1..).unwrap_or("").to_owned();
+        // A binary RETR can be resumed on another primary if the file is
+        // known by its BLAKE3.
+        let resumable = verb == "RETR" && !self.type_.as_deref().is_some_and(|t| t.to_ascii_uppercase().starts_with('A'));
+        let (node_data, first, id) = loop {
             if let Err(r) = self.ensure_backend().await {
                 self.send(&r).await?;
                 return Ok(Flow::Close);
@@ -200,10 +207,15 @@ impl Session {
             let Some(b) = self.backend.as_mut() else { return Ok(Flow::Close) };
             let mut sent = false;
             let attempt = async {
+                let id = if resumable { file_id(b, &path).await? } else { None };
                 let d = b.open_data().await?;
+                if rest > 0 {
+                    // Armed again: the REST may have gone to a lost primary.
+                    b.command(&format!("REST {rest}")).await?;
+                }
                 sent = true;
                 b.send(line).await?;
-                Ok::<_, crate::backend::BackendError>((d, b.reply(COMMAND_TIMEOUT).await?))
+                Ok::<_, crate::backend::BackendError>((d, b.reply(COMMAND_TIMEOUT).await?, id))
             }
             .await;
             match attempt {
@@ -224,16 +236,17 @@ impl Session {
         }
         self.send(&first).await?;
         let upload = UPLOADS.iter().any(|u| line.len() >= u.len() && line[..u.len()].eq_ignore_ascii_case(u));
-        let relayed = match accept_from(&listener, self.client).await {
-            Ok(client_data) => {
-                drop(listener);
-                if upload {
-                    pump(client_data, node_data).await
-                } else {
-                    pump(node_data, client_data).await
-                }
+        let accepted = accept_from(&listener, self.client).await;
+        drop(listener);
+        let relayed = match (accepted, id) {
+            (Ok(client_data), Some(id)) => {
+                let last = self.download(client_data, node_data, &path, rest, id).await;
+                self.send(&last).await?;
+                return Ok(Flow::Continue);
             }
-            Err(e) => Err(e),
+            (Ok(client_data), None) if upload => pump(client_data, node_data).await,
+            (Ok(client_data), None) => pump(node_data, client_data).await,
+            (Err(e), _) => Err(e),
         };
         let Some(b) = self.backend.as_mut() else { return Ok(Flow::Close) };
         let last = b.reply(FINAL_REPLY_TIMEOUT).await;

@@ -64,6 +64,8 @@ pub struct Session {
     pub type_: Option<String>,
     /// The listener of the last PASV/EPSV, for the next data command.
     pub passive: Option<TcpListener>,
+    /// The offset of the last accepted REST, for the next data command.
+    pub rest: u64,
 }
 
 /// Serves one client connection until it closes.
@@ -91,6 +93,7 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         cwd: None,
         type_: None,
         passive: None,
+        rest: 0,
     };
     debug!(session = id, %peer, "client connected");
     let greeting = Reply::new(220, s.shared.cfg.greeting.clone());
