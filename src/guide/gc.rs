@@ -1,7 +1,9 @@
 //! Blob collection: a blob no file of the history's current tree needs
-//! (its write was superseded, the file deleted) is removed. Blobs younger
-//! than [`MIN_AGE`] are kept: the primary sends contents before the
-//! entries that name them.
+//! (its write was superseded, the file deleted) is removed. The primary
+//! sends contents before the entries that name them, so a blob is kept
+//! unless it arrived at least [`MIN_AGE`] before the history last stored
+//! a batch: the contents of a batch still on its way are never collected,
+//! however long they take to arrive over a slow link.
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
@@ -13,7 +15,8 @@ use tracing::{debug, info, warn};
 use super::state::Guide;
 
 const EVERY: Duration = Duration::from_secs(30);
-/// Blobs changed (by ctime) more recently than this are never collected.
+/// Blobs changed (by ctime) less than this before the last stored batch
+/// are never collected.
 pub const MIN_AGE: Duration = Duration::from_secs(120);
 
 pub async fn run(guide: Arc<Guide>) {
@@ -33,6 +36,7 @@ pub async fn run(guide: Arc<Guide>) {
 pub fn collect(guide: &Guide) -> std::io::Result<u64> {
     let live: HashSet<String> = guide.history().live_hashes();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let last_store = guide.last_store_unix.load(std::sync::atomic::Ordering::Relaxed);
     let mut candidates = Vec::new();
     for fan in std::fs::read_dir(guide.blobs.root())? {
         let fan = fan?;
@@ -46,7 +50,7 @@ pub fn collect(guide: &Guide) -> std::io::Result<u64> {
                 continue;
             }
             match blob.metadata() {
-                Ok(md) if now - md.ctime() >= MIN_AGE.as_secs() as i64 => candidates.push((name, blob.path())),
+                Ok(md) if old_enough(md.ctime(), now, last_store) => candidates.push((name, blob.path())),
                 _ => {}
             }
         }
@@ -73,4 +77,30 @@ pub fn collect(guide: &Guide) -> std::io::Result<u64> {
     }
     drop(h);
     Ok(removed)
+}
+
+/// Whether a blob that arrived at `ctime` may be collected (if no live
+/// file needs it), `now` and the last stored batch at `last_store` (all
+/// unix seconds).
+fn old_enough(ctime: i64, now: i64, last_store: i64) -> bool {
+    now.min(last_store) - ctime >= MIN_AGE.as_secs() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contents_of_a_batch_still_on_its_way_are_never_old_enough() {
+        let min = MIN_AGE.as_secs() as i64;
+        let t = 1_000_000;
+        // Arrived after the last stored batch: kept, however long ago.
+        assert!(!old_enough(t + 1, t + 10 * min, t));
+        // Arrived well before the last stored batch: collectable.
+        assert!(old_enough(t - min, t + 10 * min, t));
+        // Arrived shortly before it: kept for MIN_AGE more.
+        assert!(!old_enough(t - min / 2, t + 10 * min, t));
+        // A clock stepped back never makes a fresh blob collectable.
+        assert!(!old_enough(t, t - 5, t));
+    }
 }

@@ -129,7 +129,7 @@ fn entries_msg(guide: &Guide, id: &str, epoch: u64, entries: &[WireEntry], absen
     // The commit waits for the disk: let the runtime move other tasks off
     // this worker meanwhile.
     let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    let stored = if multi { tokio::task::block_in_place(|| store_batch(guide, epoch, entries, absent)) } else { store_batch(guide, epoch, entries, absent) };
+    let stored = if multi { tokio::task::block_in_place(|| store_batch(guide, id, epoch, entries, absent)) } else { store_batch(guide, id, epoch, entries, absent) };
     match stored {
         Ok(seq) => {
             debug!(node = id, seq, entries = entries.len(), "stored");
@@ -143,8 +143,17 @@ fn entries_msg(guide: &Guide, id: &str, epoch: u64, entries: &[WireEntry], absen
 }
 
 /// Checks and stores a batch; returns the seq the node may consider stored.
-fn store_batch(guide: &Guide, epoch: u64, entries: &[WireEntry], absent: &[u64]) -> Result<u64, String> {
+fn store_batch(guide: &Guide, id: &str, epoch: u64, entries: &[WireEntry], absent: &[u64]) -> Result<u64, String> {
     let mut h = guide.history_mut();
+    {
+        // Checked again under the history lock (history before inner): a
+        // promotion that ran since the check above must not be followed
+        // by an old epoch's batch.
+        let inner = guide.inner();
+        if inner.primary.as_deref() != Some(id) || inner.epoch != epoch || inner.refuse_entries {
+            return Err(format!("stale epoch {epoch}: the guide moved on (epoch {}) while the batch waited", inner.epoch));
+        }
+    }
     let new = h.check_batch(epoch, entries, absent).map_err(|e| e.to_string())?;
     for e in &new {
         if e.wire.op == "write" && !e.absent {
@@ -155,6 +164,7 @@ fn store_batch(guide: &Guide, epoch: u64, entries: &[WireEntry], absent: &[u64])
         }
     }
     guide.store.append(&new).map_err(|e| format!("cannot store: {e}"))?;
+    guide.last_store_unix.store(time::OffsetDateTime::now_utc().unix_timestamp(), Ordering::Relaxed);
     h.push(new);
     let seq = h.seq();
     drop(h);

@@ -166,6 +166,10 @@ pub struct Guide {
     /// One migration at a time.
     pub migrating: tokio::sync::Mutex<()>,
     pub digest_mismatches: AtomicU64,
+    /// When (unix seconds) the history last stored a batch: blobs that
+    /// arrived after it may belong to a batch whose entries are still on
+    /// their way, however long its contents took (see `gc`).
+    pub last_store_unix: std::sync::atomic::AtomicI64,
     next_conn: AtomicU64,
     pub started: Instant,
     pub pid: u32,
@@ -190,6 +194,7 @@ impl Guide {
             pending: Arc::new(Pending::default()),
             migrating: tokio::sync::Mutex::new(()),
             digest_mismatches: AtomicU64::new(0),
+            last_store_unix: std::sync::atomic::AtomicI64::new(time::OffsetDateTime::now_utc().unix_timestamp()),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
             pid: std::process::id(),

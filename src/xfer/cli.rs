@@ -108,7 +108,7 @@ pub struct RecvArgs {
     /// Seconds the --inspect program may run per file before the file is refused.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub inspect_timeout: u64,
-    /// fsync every file before giving it its final name (durable, slower).
+    /// fsync every file before giving it its final name, and its directory after (durable, slower).
     #[arg(long)]
     pub fsync: bool,
     /// Seconds a new connection has to complete the key handshake.

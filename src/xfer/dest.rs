@@ -347,9 +347,22 @@ pub fn place_staged(dirs: &DestDirs, rel: &Path, staged: &Path, file: &File, att
     let from = cstring(staged.as_os_str())?;
     // SAFETY: valid descriptor and NUL-terminated paths.
     if unsafe { libc::renameat(libc::AT_FDCWD, from.as_ptr(), t.dir.as_raw_fd(), t.name.as_ptr()) } == 0 {
-        return Ok(());
+        return if fsync { sync_name(&t) } else { Ok(()) };
     }
     Err(rename_error(io::Error::last_os_error(), &t))
+}
+
+/// Makes the name a file was just given durable: syncs its directory.
+/// (On a journaling filesystem this also commits a parent directory made
+/// for it just before.)
+fn sync_name(t: &Target) -> Result<()> {
+    let fail = |e: io::Error| XferError::io(format!("syncing the directory of {}", t.path.display()), e);
+    // The held handle may be an `O_PATH` one, which cannot be synced: open
+    // the directory itself through it.
+    // SAFETY: valid descriptor and NUL-terminated name.
+    let fd = unsafe { libc::openat(t.dir.as_raw_fd(), c".".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let dir = File::from(owned(fd).map_err(fail)?);
+    dir.sync_all().map_err(fail)
 }
 
 /// Why a small file was not put in place by [`put_file`]: the inspection
@@ -388,6 +401,9 @@ pub fn put_file(
             write(&file, &t.path)?;
             finish_file(&file, attrs, fsync, &t.path)?;
             dirs.link_into_place(&file, &t)?;
+            if fsync {
+                sync_name(&t)?;
+            }
             return Ok(());
         }
     }
@@ -411,7 +427,11 @@ pub fn put_file(
             inspect(&tmp_path).map_err(PutError::Refused)?;
         }
         finish_file(&file, attrs, fsync, &t.path)?;
-        rename_over(&t.dir, &tmp, &t).map_err(PutError::Failed)
+        rename_over(&t.dir, &tmp, &t).map_err(PutError::Failed)?;
+        if fsync {
+            sync_name(&t)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         // SAFETY: valid descriptor and NUL-terminated name. (After a failed
