@@ -52,6 +52,9 @@ struct State {
     /// Set while primary.
     lease_until: Option<Instant>,
     draining: bool,
+    /// Promoted, and no lease yet: fenced without a warning until the
+    /// first `Lease` (which is anchored at a heartbeat's send time).
+    awaiting_lease: bool,
     /// `fenced: lease expired` was logged for the current lapse.
     fence_logged: bool,
     /// The primary's FTP address, when known (for the 421 text).
@@ -81,6 +84,7 @@ impl Gate {
                 epoch: 0,
                 lease_until: None,
                 draining: false,
+                awaiting_lease: false,
                 fence_logged: false,
                 primary_ftp: None,
             }),
@@ -161,9 +165,31 @@ impl Gate {
         st.role = Role::Primary;
         st.epoch = st.epoch.max(epoch);
         st.lease_until = Some(until);
+        st.awaiting_lease = false;
         st.draining = false;
         st.fence_logged = false;
         st.primary_ftp = None;
+    }
+
+    /// `Promote` to `epoch`: primary at once, but with no lease until the
+    /// guide answers a heartbeat sent after it. The lease a heartbeat earns
+    /// counts from when the heartbeat was sent, so it always ends before
+    /// the guide's; a `Promote` carries no such anchor (it may have waited
+    /// in a paused process or a slow link), so it grants none.
+    pub fn become_primary_unleased(&self, epoch: u64) {
+        let mut st = self.st();
+        st.role = Role::Primary;
+        st.epoch = st.epoch.max(epoch);
+        st.lease_until = None;
+        st.awaiting_lease = true;
+        st.draining = false;
+        st.fence_logged = false;
+        st.primary_ftp = None;
+    }
+
+    /// Whether the primary waits for its first lease since a `Promote`.
+    pub fn awaiting_lease(&self) -> bool {
+        self.st().awaiting_lease
     }
 
     /// A `Lease` for `epoch`: extends the lease of a primary of that epoch
@@ -173,6 +199,7 @@ impl Gate {
         if st.role != Role::Primary || st.epoch != epoch {
             return false;
         }
+        st.awaiting_lease = false;
         if st.fence_logged && until > Instant::now() {
             tracing::info!(epoch, "lease renewed: fence lifted");
             st.fence_logged = false;
@@ -191,6 +218,7 @@ impl Gate {
         st.role = role;
         st.epoch = st.epoch.max(epoch);
         st.lease_until = None;
+        st.awaiting_lease = false;
         st.draining = false;
         st.primary_ftp = primary_ftp;
     }
@@ -267,7 +295,7 @@ impl Gate {
 /// Whether the lease has lapsed at `now`; logs `fenced: lease expired` once per lapse.
 fn fenced_now(st: &mut State, now: Instant) -> bool {
     let fenced = st.lease_until.is_none_or(|l| now >= l);
-    if fenced && !st.fence_logged {
+    if fenced && !st.fence_logged && !st.awaiting_lease {
         st.fence_logged = true;
         tracing::warn!(epoch = st.epoch, "fenced: lease expired; refusing changes until the guide renews it");
     }
@@ -287,6 +315,22 @@ mod tests {
         for delay in [0u64, 1, 50, 500] {
             assert!(lease_end(t0, 600) < t0 + Duration::from_millis(delay + 600));
         }
+    }
+
+    #[test]
+    fn a_promoted_node_takes_changes_only_once_a_lease_arrives() {
+        let g = Gate::new(Ack::Guide, Duration::from_secs(1));
+        g.become_primary_unleased(5);
+        assert!(g.serving(), "reads are served at once");
+        assert!(g.awaiting_lease());
+        assert_eq!(g.may_change(), Err(Refusal::Fenced));
+        assert_eq!(g.role(), Role::Fenced, "its heartbeat asks for a lease");
+        assert!(!g.renew(4, Instant::now() + Duration::from_secs(5)), "a lease of an older epoch");
+        assert!(g.awaiting_lease());
+        assert!(g.renew(5, Instant::now() + Duration::from_secs(5)));
+        assert!(!g.awaiting_lease());
+        assert_eq!(g.may_change(), Ok(()));
+        assert_eq!(g.role(), Role::Primary);
     }
 
     #[test]

@@ -439,7 +439,13 @@ impl Link<'_> {
                     return Ok(Some(End::Again));
                 }
                 if let Some((_, sent)) = self.hb_sent.iter().find(|(n, _)| *n == hb) {
-                    a.gate.renew(epoch, lease_end(*sent, lease_ms));
+                    let first = a.gate.awaiting_lease();
+                    if a.gate.renew(epoch, lease_end(*sent, lease_ms)) && first {
+                        // The first lease since the promotion: the guide
+                        // announces `serving` on a heartbeat that says so.
+                        tracing::info!(epoch, "lease received: taking changes");
+                        self.heartbeat().await;
+                    }
                 }
             }
             Down::Stored { epoch, seq } => {
@@ -477,13 +483,14 @@ impl Link<'_> {
                     tracing::error!(epoch, history_seq = h, journal_seq = last, "promoted, but the journal does not end where the history does; not taking the role");
                     return Err(SessionError::Local(format!("promoted at history seq {h} with a journal ending at {last}")));
                 }
-                a.gate.become_primary(epoch, lease_end(Instant::now(), lease_ms));
+                // No lease until the guide answers a heartbeat sent from
+                // now on (`lease_ms` is the length the next `Lease` gives).
+                let _ = lease_ms;
+                a.gate.become_primary_unleased(epoch);
                 a.gate.reset_stored(last);
                 self.note_epoch(epoch);
-                tracing::info!(epoch, seq = last, "promoted: primary of epoch {epoch}; serving FTP");
+                tracing::info!(epoch, seq = last, "promoted: primary of epoch {epoch}; serving FTP, changes once the guide's lease arrives");
                 self.start_primary(epoch, last).await?;
-                // The guide announces `serving` on the heartbeat that says
-                // primary: send it now rather than at the next tick.
                 self.heartbeat().await;
             }
             Down::Demote { epoch, reason } => {
