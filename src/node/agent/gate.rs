@@ -43,7 +43,12 @@ pub enum AckError {
     Demoted,
     #[error("the node lost its lease before the guide confirmed the change")]
     Fenced,
+    #[error("the file was rewritten before its content reached the guide; upload it again")]
+    ContentLost,
 }
+
+/// Most seqs kept in [`Gate::content_lost`]'s set (the oldest go first).
+const LOST_KEPT: usize = 4096;
 
 #[derive(Debug)]
 struct State {
@@ -71,6 +76,9 @@ pub struct Gate {
     /// Wakes the shipper when draining starts, so `Drained` goes out at
     /// once instead of after its next poll of the journal.
     drain_wake: tokio::sync::Notify,
+    /// Writes shipped without their content because the file was being
+    /// rewritten in place before a copy could be made: never acknowledged.
+    lost: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Gate {
@@ -90,6 +98,7 @@ impl Gate {
             }),
             stored: watch::channel(0).0,
             drain_wake: tokio::sync::Notify::new(),
+            lost: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -257,6 +266,17 @@ impl Gate {
         *self.stored.borrow()
     }
 
+    /// The write at `seq` goes to the guide as absent although no later
+    /// change superseded it (its file is being rewritten): whoever waits
+    /// for it gets [`AckError::ContentLost`] instead of a success.
+    pub fn content_lost(&self, seq: u64) {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        lost.insert(seq);
+        while lost.len() > LOST_KEPT {
+            lost.pop_first();
+        }
+    }
+
     /// Waits until the change at journal seq `seq` may be acknowledged:
     /// at once with `ack = "local"`, else once `Stored` covers it, bounded
     /// by `commit_timeout`; a node that stops being an unfenced primary of
@@ -270,7 +290,8 @@ impl Gate {
         let mut rx = self.stored.subscribe();
         loop {
             if *rx.borrow_and_update() >= seq {
-                return Ok(());
+                let lost = self.lost.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
+                return if lost { Err(AckError::ContentLost) } else { Ok(()) };
             }
             {
                 let mut st = self.st();
@@ -387,5 +408,19 @@ mod tests {
         // ack = "local" never waits.
         let l = Gate::new(Ack::Local, Duration::from_millis(1));
         assert_eq!(l.wait_stored(100).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_write_shipped_without_its_content_is_never_acknowledged() {
+        let g = Gate::new(Ack::Guide, Duration::from_secs(5));
+        g.become_primary(1, Instant::now() + Duration::from_secs(30));
+        g.content_lost(3);
+        g.set_stored(4);
+        assert_eq!(g.wait_stored(3).await, Err(AckError::ContentLost));
+        assert_eq!(g.wait_stored(4).await, Ok(()), "only that write");
+        for seq in 10..10 + LOST_KEPT as u64 + 5 {
+            g.content_lost(seq);
+        }
+        assert!(g.lost.lock().unwrap().len() <= LOST_KEPT, "bounded");
     }
 }

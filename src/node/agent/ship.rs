@@ -199,7 +199,12 @@ fn prepare(a: &Agent, shipped: u64, verify: bool) -> Result<Prepared, ShipError>
                         // being rewritten, or renamed since the listing.
                         None if attempt < PREPARE_ATTEMPTS => moved = true,
                         None => {
-                            tracing::debug!(seq = e.seq, path = %e.path, "content changed since it was journaled; a later entry carries it");
+                            // Being rewritten in place: the journaled
+                            // content is gone from disk. It goes as absent
+                            // (the rewrite's own entry will carry the new
+                            // content) and is not acknowledged.
+                            tracing::warn!(seq = e.seq, path = %e.path, "content changed before it could be shipped; shipped as absent, not acknowledged");
+                            a.gate.content_lost(e.seq);
                             p.absent.push(e.seq);
                         }
                     },
