@@ -76,7 +76,7 @@ fn a_download_survives_a_sigkill_of_the_primary_byte_identical() {
     let out = dir.path().join("big.bin");
     let curl = slow_download(&proxy.url("alice", "alice-pw-1", "/big.bin"), &out, "4M");
     assert!(wait_until(Duration::from_secs(30), || size(&out) >= MIB), "the download did not start");
-    c.node_mut(&first).kill();
+    c.node_mut(&first).kill_mid_io();
     let (ok, err) = finish(curl, Duration::from_secs(120));
     assert!(ok, "curl failed across the failover: {err}\n{}", proxy.logs());
     let got = std::fs::read(&out).unwrap();
@@ -111,10 +111,50 @@ fn a_file_replaced_before_the_resume_is_refused_not_spliced() {
         wait_until(Duration::from_secs(30), || others.iter().all(|p| std::fs::read(p).map(|b| b == v2).unwrap_or(false))),
         "the backups never got the new version"
     );
-    c.node_mut(&first).kill();
+    c.node_mut(&first).kill_mid_io();
     let (ok, err) = finish(curl, Duration::from_secs(120));
     assert!(!ok, "curl succeeded although the file changed under the download");
     let got = std::fs::read(&out).unwrap_or_default();
     assert!(got.len() < v1.len() && v1.starts_with(&got), "the client got bytes that are not a prefix of the old file ({} bytes)", got.len());
     assert!(proxy.logs().contains("the file differs on the new primary"), "{err}\n{}", proxy.logs());
+}
+
+/// curl uploading `src` to `url` at `rate` bytes/s.
+fn slow_upload(src: &Path, url: &str, rate: &str) -> Child {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "120", "--limit-rate", rate, "-T"])
+        .arg(src)
+        .arg(url)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl")
+}
+
+#[test]
+fn an_upload_survives_a_sigkill_of_the_primary_from_the_spool() {
+    let mut c = Cluster::start(setup());
+    let (_, first) = c.wait_primary(Duration::from_secs(30));
+    let proxy = c.start_proxy("");
+    let spool = c.dir.path().join("spool");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("up.bin");
+    let data = pattern(32 * MIB, 3);
+    std::fs::write(&src, &data).unwrap();
+
+    let curl = slow_upload(&src, &proxy.url("alice", "alice-pw-1", "/up.bin"), "4M");
+    let on_first = c.node(&first).backing.join("alice/up.bin");
+    assert!(wait_until(Duration::from_secs(30), || size(&on_first) >= 2 * MIB), "the upload did not reach the primary");
+    assert!(std::fs::read_dir(&spool).unwrap().count() == 1, "no spool file while uploading");
+    c.node_mut(&first).kill_mid_io();
+    let (ok, err) = finish(curl, Duration::from_secs(120));
+    assert!(ok, "curl failed across the failover: {err}\n{}", proxy.logs());
+    let (_, now) = c.wait_primary(Duration::from_secs(30));
+    assert_ne!(now, first);
+    let got = std::fs::read(c.node(&now).backing.join("alice/up.bin")).unwrap_or_default();
+    assert!(got == data, "the new primary holds {} bytes, not the {} sent (or other ones)", got.len(), data.len());
+    assert!(proxy.logs().contains("upload finished on the new primary from the spool"), "{}", proxy.logs());
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "the spool was not removed");
+    // And the guide has it: the third node gets the same bytes.
+    let third = c.nodes.iter().find(|n| n.id != first && n.id != now).unwrap().backing.join("alice/up.bin");
+    assert!(wait_until(Duration::from_secs(30), || std::fs::read(&third).map(|b| b == data).unwrap_or(false)), "not replicated");
 }

@@ -33,6 +33,8 @@ struct Raw {
     idle_timeout_secs: Option<u64>,
     login_timeout_secs: Option<u64>,
     max_sessions: Option<usize>,
+    spool_dir: Option<PathBuf>,
+    spool_quota_mb: Option<u64>,
 }
 
 /// The validated configuration.
@@ -58,6 +60,10 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     pub login_timeout: Duration,
     pub max_sessions: usize,
+    /// Where uploads are spooled (only user data, never a password).
+    pub spool_dir: PathBuf,
+    /// Most bytes all spools together may hold.
+    pub spool_quota: u64,
 }
 
 impl ProxyConfig {
@@ -93,7 +99,13 @@ impl ProxyConfig {
             return Err(invalid("greeting must be one line of at most 200 bytes".into()));
         }
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let key_file = if raw.key_file.is_absolute() { raw.key_file } else { base.join(raw.key_file) };
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let key_file = rel(raw.key_file);
+        let spool_dir = rel(raw.spool_dir.unwrap_or_else(|| PathBuf::from("spool")));
+        let quota_mb = raw.spool_quota_mb.unwrap_or(4096);
+        if quota_mb == 0 {
+            return Err(invalid("spool_quota_mb must be at least 1".into()));
+        }
         Ok(ProxyConfig {
             path: path.to_owned(),
             listen: raw.listen,
@@ -107,6 +119,8 @@ impl ProxyConfig {
             idle_timeout: Duration::from_secs(raw.idle_timeout_secs.unwrap_or(600).max(1)),
             login_timeout: Duration::from_secs(raw.login_timeout_secs.unwrap_or(60).max(1)),
             max_sessions,
+            spool_dir,
+            spool_quota: quota_mb << 20,
         })
     }
 }
@@ -124,6 +138,8 @@ mod tests {
         assert_eq!(c.patience, Duration::from_secs(30));
         assert_eq!(c.passive_ports, 40000..=40010);
         assert_eq!(c.max_sessions, 1000);
+        assert_eq!(c.spool_dir, Path::new("/etc/drift/spool"));
+        assert_eq!(c.spool_quota, 4096 << 20);
         assert!(c.passive_host.is_none() && c.backend_source.is_none());
     }
 

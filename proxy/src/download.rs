@@ -104,7 +104,7 @@ impl Session {
     }
 
     /// The node's final reply; `None` when the node was lost.
-    async fn final_reply(&mut self) -> Option<Reply> {
+    pub async fn final_reply(&mut self) -> Option<Reply> {
         let b = self.backend.as_mut()?;
         match b.reply(FINAL_REPLY_TIMEOUT).await {
             Ok(r) => Some(r),

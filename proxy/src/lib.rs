@@ -18,6 +18,7 @@
 //! - [`download`]: a RETR that resumes on a new primary (same BLAKE3).
 //! - [`relay`]: the backend on the current primary, relayed commands and
 //!   data connections, holding while no primary serves.
+//! - [`upload`]: a STOR spooled on disk and finished on a new primary.
 //! - [`server`]: the listener and the session limit.
 
 use std::net::IpAddr;
@@ -30,6 +31,7 @@ pub mod relay;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod upload;
 
 /// Where the service is, as the guide last announced it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,4 +97,6 @@ pub enum ProxyError {
     Config(#[from] config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
+    #[error("cannot use the spool directory {dir}: {source}")]
+    Spool { dir: std::path::PathBuf, source: std::io::Error },
 }

@@ -244,6 +244,11 @@ impl Session {
                 self.send(&last).await?;
                 return Ok(Flow::Continue);
             }
+            (Ok(client_data), None) if verb == "STOR" && rest == 0 => {
+                let last = self.upload(client_data, node_data, &path).await;
+                self.send(&last).await?;
+                return Ok(Flow::Continue);
+            }
             (Ok(client_data), None) if upload => pump(client_data, node_data).await,
             (Ok(client_data), None) => pump(node_data, client_data).await,
             (Err(e), _) => Err(e),

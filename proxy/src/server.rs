@@ -20,16 +20,16 @@ pub async fn bind(cfg: &ProxyConfig) -> Result<TcpListener, ProxyError> {
 
 /// Serves clients on `listener` until `stop` completes (sessions are
 /// dropped with the runtime).
-pub async fn serve(listener: TcpListener, cfg: ProxyConfig, view: watch::Receiver<View>, auth: Arc<dyn Authority>, stop: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, cfg: ProxyConfig, view: watch::Receiver<View>, auth: Arc<dyn Authority>, stop: impl Future<Output = ()>) -> Result<(), ProxyError> {
     let slots = Arc::new(Semaphore::new(cfg.max_sessions));
-    let shared = Arc::new(Shared::new(cfg, view, auth));
+    let shared = Arc::new(Shared::new(cfg, view, auth)?);
     if let Ok(a) = listener.local_addr() {
         info!(addr = %a, "proxy listening");
     }
     tokio::pin!(stop);
     loop {
         let (mut stream, peer) = tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => return Ok(()),
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {

@@ -18,7 +18,8 @@ use crate::backend::Backend;
 use crate::config::ProxyConfig;
 use crate::passive::{canonical, Passive};
 use crate::reply::{read_line, LineError, Reply};
-use crate::{Authority, View};
+use crate::upload::SpoolSpace;
+use crate::{Authority, ProxyError, View};
 
 /// A failed login waits this long before its `530` (slows guessing).
 const FAILURE_DELAY: Duration = Duration::from_secs(1);
@@ -29,13 +30,16 @@ pub struct Shared {
     pub view: watch::Receiver<View>,
     pub auth: Arc<dyn Authority>,
     pub passive: Passive,
+    pub spool: Arc<SpoolSpace>,
     next_id: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(cfg: ProxyConfig, view: watch::Receiver<View>, auth: Arc<dyn Authority>) -> Shared {
+    /// Opens the spool directory (removing spools left by a previous run).
+    pub fn new(cfg: ProxyConfig, view: watch::Receiver<View>, auth: Arc<dyn Authority>) -> Result<Shared, ProxyError> {
         let passive = Passive::new(cfg.passive_ports.clone());
-        Shared { cfg, view, auth, passive, next_id: AtomicU64::new(1) }
+        let spool = SpoolSpace::open(&cfg.spool_dir, cfg.spool_quota).map_err(|source| ProxyError::Spool { dir: cfg.spool_dir.clone(), source })?;
+        Ok(Shared { cfg, view, auth, passive, spool: Arc::new(spool), next_id: AtomicU64::new(1) })
     }
 }
 

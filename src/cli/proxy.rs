@@ -125,9 +125,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             }
             tracing::info!("stop signal received: stopping");
         };
-        drift_proxy::server::serve(listener, cfg, view_rx, auth, stop).await;
+        let served = drift_proxy::server::serve(listener, cfg, view_rx, auth, stop).await;
         follow.abort();
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, anyhow::Error>(served?)
     })
     .context("drift proxy")?;
     Ok(ExitCode::SUCCESS)

@@ -733,6 +733,26 @@ impl Drop for ClusterProxy {
     }
 }
 
+impl ClusterNode {
+    /// SIGKILL while the node may be writing into its own FUSE mount (an
+    /// upload in flight). A thread of the killed process can then wait
+    /// forever in the kernel for the mount's answer (the threads that
+    /// would answer are gone), so the process never exits; after 2 s this
+    /// aborts the mount's FUSE connection (`umount -f`), which lets it.
+    pub fn kill_mid_io(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                if !wait_until(Duration::from_secs(2), || c.try_wait().ok().flatten().is_some()) {
+                    let _ = Command::new("umount").arg("-f").arg(&self.mnt).stderr(Stdio::null()).status();
+                    let _ = c.wait();
+                }
+            }
+        }
+        self.cleanup_mount();
+    }
+}
+
 impl Cluster {
     /// Writes a proxy.toml (passive ports 21000–29999, `extra` lines
     /// appended) and starts `drift proxy`; returns once it listens and
