@@ -167,3 +167,71 @@ fn sessions_follow_the_primary_across_a_migration_and_a_failover() {
     assert_eq!((code, body.as_slice()), (226, &b"new session\n"[..]));
     assert!(proxy.logs().contains("moving the session to the new primary"), "{}", proxy.logs());
 }
+
+/// Stores, makes directories and renames through one ftplib session on
+/// the proxy until the file named by argv[2] exists (at most 90 s);
+/// prints how many rounds it made. Any error reply fails the script.
+const WRITER: &str = r#"
+import ftplib, io, os, sys, time
+f = ftplib.FTP()
+f.connect("127.0.0.1", int(sys.argv[1]), timeout=60)
+f.login("alice", "alice-pw-1")
+n = 0
+end = time.time() + 90
+while not os.path.exists(sys.argv[2]) and time.time() < end:
+    f.mkd(f"d{n}")
+    f.storbinary(f"STOR d{n}/f.bin", io.BytesIO(bytes([n % 251]) * 70000))
+    f.rename(f"d{n}/f.bin", f"d{n}/g.bin")
+    n += 1
+f.quit()
+print(n)
+"#;
+
+#[test]
+fn writes_during_migrations_are_held_not_failed() {
+    let c = Cluster::start(setup(3));
+    c.wait_primary(Duration::from_secs(30));
+    let proxy = c.start_proxy("");
+    let stop = c.dir.path().join("stop-writer");
+    let mut writer = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(WRITER)
+        .arg(proxy.port.to_string())
+        .arg(&stop)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut primaries = Vec::new();
+    for _ in 0..3 {
+        let (_, before) = c.wait_primary(Duration::from_secs(30));
+        let seq = c.history_seq();
+        // Let some writes land on this primary first.
+        let going = common::wait_until(Duration::from_secs(30), || c.history_seq() >= seq + 6 || writer.try_wait().unwrap().is_some());
+        if !going || writer.try_wait().unwrap().is_some() {
+            let _ = writer.kill();
+            let out = writer.wait_with_output().unwrap();
+            panic!("the writer stopped after {} migrations:\n{}\n{}", primaries.len(), String::from_utf8_lossy(&out.stderr), proxy.logs());
+        }
+        let (ok, _, err) = common::cluster::drift_out(&["migrate", "--config", c.guide_config.to_str().unwrap()]);
+        assert!(ok, "migrate: {err}");
+        primaries.push(c.wait_new_primary(&before, Duration::from_secs(30)).1);
+    }
+    let seq = c.history_seq();
+    assert!(common::wait_until(Duration::from_secs(30), || c.history_seq() >= seq + 6), "no writes after the last migration");
+    std::fs::write(&stop, b"").unwrap();
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "a write failed during a migration:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.logs()
+    );
+    let rounds: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let (_, last) = c.wait_primary(Duration::from_secs(30));
+    let home = c.node(&last).backing.join("alice");
+    for n in 0..rounds {
+        let got = std::fs::read(home.join(format!("d{n}/g.bin"))).unwrap_or_default();
+        assert!(got.len() == 70000 && got.iter().all(|&b| b == (n % 251) as u8), "d{n}/g.bin wrong on {last}");
+    }
+}

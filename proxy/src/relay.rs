@@ -25,6 +25,29 @@ const RELAYED: &[&str] = &[
 ];
 /// Commands that use a data connection.
 const DATA: &[&str] = &["RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"];
+/// Most times one command is sent again to a next primary.
+const MAX_REDO: u32 = 4;
+/// How long a refusal that says the service is moving waits for the
+/// guide's announcement that it is (sent before the node refuses).
+const SWITCH_NOTICE: Duration = Duration::from_secs(2);
+/// Reply texts of a drift node that mean the command left no trace in
+/// the history: refused before it ran (the node is no longer primary,
+/// fenced, or draining for a migration), or run but never stored by the
+/// guide because the node was demoted first (its change is quarantined).
+/// Such a command is sent again to the next primary. A change whose ack
+/// was lost to a lapsed *lease* is not here: the guide may hold it.
+const NOT_IN_HISTORY: &[&str] = &[
+    "this node is not the primary",
+    "stopped taking changes (fenced)",
+    "the service is moving to another node",
+    "the node stopped being the primary before the guide confirmed the change",
+];
+
+/// Whether a node's reply means the command can go to the next primary.
+pub fn redo(r: &Reply) -> bool {
+    matches!(r.code, 421 | 450 | 451) && NOT_IN_HISTORY.iter().any(|t| r.text().contains(t))
+}
+
 /// Data commands whose bytes go from the client to the node.
 const UPLOADS: &[&str] = &["STOR", "APPE", "STOU"];
 /// Commands that change nothing: safe to send again on a new primary when
@@ -121,18 +144,43 @@ impl Session {
         let reply = loop {
             self.ensure_backend().await?;
             let Some(b) = self.backend.as_mut() else { continue };
-            match b.command(line).await {
+            // RNTO on another primary needs its RNFR there first.
+            let rnfr = match (verb, &self.rnfr) {
+                ("RNTO", Some((epoch, from))) if *epoch != b.epoch => Some(from.clone()),
+                _ => None,
+            };
+            let sent = async {
+                if let Some(from) = &rnfr {
+                    let r = b.command(from).await?;
+                    if r.code != 350 {
+                        return Ok(r);
+                    }
+                }
+                b.command(line).await
+            }
+            .await;
+            match sent {
+                Ok(r) if redo(&r) && tries < MAX_REDO && self.moving().await => {
+                    info!(session = self.id, code = r.code, "{verb} was not performed by a primary that is being replaced: sent again to the next one");
+                    self.backend = None;
+                    tries += 1;
+                }
                 Ok(r) => break r,
                 Err(e) => {
                     warn!(session = self.id, "the primary was lost during {verb}: {e}");
                     self.backend = None;
                     tries += 1;
-                    if !REPEATABLE.contains(&verb) || tries > 1 {
+                    if !REPEATABLE.contains(&verb) || tries > MAX_REDO {
                         return Err(Reply::new(451, format!("The primary was lost during {verb}; it may not have taken effect")));
                     }
                 }
             }
         };
+        if verb == "RNFR" {
+            self.rnfr = reply.success().then(|| (self.backend.as_ref().map_or(0, |b| b.epoch), line.to_owned()));
+        } else if verb == "RNTO" {
+            self.rnfr = None;
+        }
         if reply.success() {
             match verb {
                 "TYPE" => self.type_ = Some(line[4..].trim().to_owned()),
@@ -142,6 +190,15 @@ impl Session {
             }
         }
         Ok(filter(verb, reply))
+    }
+
+    /// Whether the guide says the service is moving away from the
+    /// backend's primary (waits up to [`SWITCH_NOTICE`] for it).
+    pub async fn moving(&self) -> bool {
+        let epoch = self.backend.as_ref().map_or(0, |b| b.epoch);
+        let mut v = self.shared.view.clone();
+        let moved = matches!(tokio::time::timeout(SWITCH_NOTICE, v.wait_for(|v| v.epoch != epoch || !v.serving)).await, Ok(Ok(_)));
+        moved
     }
 
     async fn track_cwd(&mut self) {
@@ -199,6 +256,7 @@ impl Session {
         // A binary RETR can be resumed on another primary if the file is
         // known by its BLAKE3.
         let resumable = verb == "RETR" && !self.type_.as_deref().is_some_and(|t| t.to_ascii_uppercase().starts_with('A'));
+        let mut redo_left = MAX_REDO;
         let (node_data, first, id) = loop {
             if let Err(r) = self.ensure_backend().await {
                 self.send(&r).await?;
@@ -219,6 +277,14 @@ impl Session {
             }
             .await;
             match attempt {
+                // A first reply that refuses, from a primary being
+                // replaced: nothing was done (libunftp's text for a data
+                // command's error is generic, so the code is enough).
+                Ok((_, first, _)) if matches!(first.code, 421 | 450 | 451) && redo_left > 0 && self.moving().await => {
+                    info!(session = self.id, code = first.code, "{verb} was refused by a primary that is being replaced: sent again to the next one");
+                    redo_left -= 1;
+                    self.backend = None;
+                }
                 Ok(x) => break x,
                 Err(e) => {
                     warn!(session = self.id, "the primary was lost before answering {verb}: {e}");
@@ -283,4 +349,18 @@ fn filter(verb: &str, mut r: Reply) -> Reply {
         r.lines.retain(|l| !hidden.iter().any(|h| l.trim_start().to_ascii_uppercase().starts_with(h)));
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_replies_that_left_no_trace_are_sent_again() {
+        assert!(redo(&Reply::new(451, "Not acknowledged: the node stopped being the primary before the guide confirmed the change")));
+        assert!(redo(&Reply::new(450, "the service is moving to another node; try again in a moment")));
+        assert!(!redo(&Reply::new(451, "Not acknowledged: the node lost its lease before the guide confirmed the change")));
+        assert!(!redo(&Reply::new(550, "this node is not the primary")));
+        assert!(!redo(&Reply::new(250, "the service is moving to another node")));
+    }
 }

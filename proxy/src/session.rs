@@ -70,6 +70,9 @@ pub struct Session {
     pub passive: Option<TcpListener>,
     /// The offset of the last accepted REST, for the next data command.
     pub rest: u64,
+    /// The last accepted RNFR line and the epoch it went to (an RNTO sent
+    /// to another primary sends it there first).
+    pub rnfr: Option<(u64, String)>,
 }
 
 /// Serves one client connection until it closes.
@@ -98,6 +101,7 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         type_: None,
         passive: None,
         rest: 0,
+        rnfr: None,
     };
     debug!(session = id, %peer, "client connected");
     let greeting = Reply::new(220, s.shared.cfg.greeting.clone());

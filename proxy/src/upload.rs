@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::backend::COMMAND_TIMEOUT;
 use crate::download::file_id;
-use crate::relay::FINAL_REPLY_TIMEOUT;
+use crate::relay::{redo, FINAL_REPLY_TIMEOUT};
 use crate::reply::Reply;
 use crate::session::Session;
 
@@ -166,8 +166,17 @@ impl Session {
         if let Some(mut nd) = node.take() {
             let _ = nd.shutdown().await;
             drop(nd);
-            if let Some(r) = self.final_reply().await {
-                return r;
+            match self.final_reply().await {
+                // Not acknowledged by a primary being replaced (libunftp
+                // says only "Local error" for a failed STOR): the whole
+                // file goes to the next primary from the spool. Sending
+                // the same bytes again is harmless even if the guide did
+                // store them.
+                Some(r) if (redo(&r) || r.code == 451) && spool.is_some() && self.moving().await => {
+                    info!(session = self.id, %path, "the upload was not kept by the old primary: finishing it on the next one");
+                }
+                Some(r) => return r,
+                None => {}
             }
         }
         let Some(spool) = spool else {
