@@ -56,8 +56,9 @@ impl View {
     }
 }
 
-/// Why a login was refused (all get the same `530`, so a client cannot
-/// tell them apart; the log names the reason).
+/// Why a login was refused (all but [`Refusal::TooManySessions`] get the
+/// same `530`, so a client cannot tell them apart; the log names the
+/// reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// No users file received from the guide yet.
@@ -66,6 +67,10 @@ pub enum Refusal {
     UnknownUser,
     BadPassword,
     AddressNotAllowed,
+    /// Too many failed logins: the service's lockout.
+    LockedOut,
+    /// The user has the service's `max_per_user` sessions open.
+    TooManySessions,
 }
 
 impl Refusal {
@@ -76,15 +81,25 @@ impl Refusal {
             Refusal::UnknownUser => "unknown user",
             Refusal::BadPassword => "bad password",
             Refusal::AddressNotAllowed => "address not allowed",
+            Refusal::LockedOut => "locked out",
+            Refusal::TooManySessions => "too many sessions for this user",
         }
     }
 }
 
-/// What the proxy needs from the cluster to let a user in.
+/// Held while a connection or a logged-in session counts against the
+/// service's limits; dropping it gives the place back.
+pub type Slot = Box<dyn Send + Sync>;
+
+/// What the proxy needs from the cluster to let a client in.
 pub trait Authority: Send + Sync + 'static {
-    /// Checks a login against the cluster's users (argon2: slow, called
-    /// on a blocking thread).
-    fn check_login(&self, user: &str, password: &str, client: IpAddr) -> Result<(), Refusal>;
+    /// Admits a new connection from `client`: the service's address filter
+    /// and connection limits (total, per address). `Err` is the reason;
+    /// the client gets `421`.
+    fn admit(&self, client: IpAddr) -> Result<Slot, String>;
+    /// Checks a login against the cluster's users, the lockout and the
+    /// per-user session limit (argon2: slow, called on a blocking thread).
+    fn check_login(&self, user: &str, password: &str, client: IpAddr) -> Result<Slot, Refusal>;
     /// The password the proxy presents to a node for `user` acting for
     /// `client`: a short-lived credential, never the user's password.
     fn backend_password(&self, user: &str, client: IpAddr) -> String;

@@ -19,7 +19,7 @@ use crate::config::ProxyConfig;
 use crate::passive::{canonical, Passive};
 use crate::reply::{read_line, LineError, Reply};
 use crate::upload::SpoolSpace;
-use crate::{Authority, ProxyError, View};
+use crate::{Authority, ProxyError, Refusal, Slot, View};
 
 /// A failed login waits this long before its `530` (slows guessing).
 const FAILURE_DELAY: Duration = Duration::from_secs(1);
@@ -73,6 +73,8 @@ pub struct Session {
     /// The last accepted RNFR line and the epoch it went to (an RNTO sent
     /// to another primary sends it there first).
     pub rnfr: Option<(u64, String)>,
+    /// The logged-in user's place in the per-user limit.
+    user_slot: Option<Slot>,
 }
 
 /// Serves one client connection until it closes.
@@ -85,12 +87,30 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         }
     };
     let _ = stream.set_nodelay(true);
+    let client = canonical(peer.ip());
+    let admitted = {
+        let auth = shared.auth.clone();
+        tokio::task::spawn_blocking(move || auth.admit(client)).await
+    };
+    let _slot = match admitted {
+        Ok(Ok(slot)) => slot,
+        Ok(Err(why)) => {
+            info!(%peer, "connection refused: {why}");
+            let mut stream = stream;
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, format!("421 {why}\r\n").as_bytes()).await;
+            return;
+        }
+        Err(e) => {
+            warn!(%peer, "admission check failed: {e}");
+            return;
+        }
+    };
     let (r, w) = stream.into_split();
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let mut s = Session {
         shared,
         id,
-        client: canonical(peer.ip()),
+        client,
         local,
         r: BufReader::new(r),
         w,
@@ -102,6 +122,7 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         passive: None,
         rest: 0,
         rnfr: None,
+        user_slot: None,
     };
     debug!(session = id, %peer, "client connected");
     let greeting = Reply::new(220, s.shared.cfg.greeting.clone());
@@ -201,7 +222,12 @@ impl Session {
         let (auth, pw, u, ip) = (self.shared.auth.clone(), password.to_owned(), user.clone(), self.client);
         let checked = tokio::task::spawn_blocking(move || auth.check_login(&u, &pw, ip)).await;
         match checked {
-            Ok(Ok(())) => {}
+            Ok(Ok(slot)) => self.user_slot = Some(slot),
+            Ok(Err(Refusal::TooManySessions)) => {
+                info!(session = self.id, client = %self.client, user = %shown(&user), "login refused: too many sessions for this user");
+                self.send(&Reply::new(421, "Too many sessions for this user; try again later")).await?;
+                return Ok(Flow::Close);
+            }
             Ok(Err(refusal)) => {
                 info!(session = self.id, client = %self.client, user = %shown(&user), reason = refusal.as_str(), "login refused");
                 tokio::time::sleep(FAILURE_DELAY).await;

@@ -1,21 +1,27 @@
 //! `drift proxy --config proxy.toml`: runs the proxy crate (`proxy/`,
 //! `drift-proxy`) fed by a subscription to the guide. This module is the
 //! glue to the cluster: the announcements become the proxy's view, logins
-//! are checked against the users file the guide sends, and each backend
-//! session gets a proxy credential ([`crate::cluster::proxy_cred`]).
+//! are checked against the users file the guide sends (with the service
+//! file's address filter, session limits and lockout, by the node's own
+//! code), and each backend session gets a proxy credential
+//! ([`crate::cluster::proxy_cred`]).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Context;
 use drift_proxy::config::ProxyConfig;
-use drift_proxy::{Authority, Refusal, View};
+use drift_proxy::{Authority, Refusal, Slot, View};
 use tokio::sync::watch;
 
 use crate::cluster::proxy_cred;
 use crate::cluster::subscriber::{self, Feeds, Initial};
+use crate::node::auth::Lockout;
+use crate::node::config::ServiceConfig;
+use crate::node::limits::{ConnectRefusal, Sessions};
 use crate::node::users::{validate_name, verify_password, Users};
 use crate::xfer::ClusterKey;
 
@@ -28,58 +34,111 @@ pub struct ProxyArgs {
     pub config: PathBuf,
 }
 
-/// Logins against the users file of the guide's latest initial state.
+/// Logins against the users file of the guide's latest initial state,
+/// with the service file's address filter, session limits and lockout.
 struct ClusterAuthority {
     key: ClusterKey,
     initial: watch::Receiver<Option<Initial>>,
-    /// The parsed users of the version last seen.
-    users: Mutex<Option<(u64, Arc<Users>)>>,
+    /// The parsed users and service of the version last seen.
+    parsed: Mutex<Option<Parsed>>,
+    sessions: Arc<Sessions>,
+    lockout: Lockout,
 }
 
-/// Verified against when the user is unknown, so every refusal costs the
-/// same argon2 time.
+#[derive(Clone)]
+struct Parsed {
+    version: u64,
+    users: Arc<Users>,
+    service: Option<Arc<ServiceConfig>>,
+}
+
+/// Verified against when the user is unknown or locked out, so every
+/// refusal costs the same argon2 time.
 fn dummy_hash() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DUMMY.get_or_init(|| crate::node::users::hash_password("drift-no-such-user").unwrap_or_default())
 }
 
 impl ClusterAuthority {
-    fn users(&self) -> Option<Arc<Users>> {
+    fn parsed(&self) -> Option<Parsed> {
         let initial = self.initial.borrow().clone()?;
-        let mut cache = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, u)) = cache.as_ref() {
-            if *v == initial.version {
-                return Some(u.clone());
-            }
+        let mut cache = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.as_ref().filter(|p| p.version == initial.version) {
+            return Some(p.clone());
         }
-        match Users::parse(&initial.users, Path::new("(users file from the guide)")) {
-            Ok(u) => {
-                let u = Arc::new(u);
-                *cache = Some((initial.version, u.clone()));
-                Some(u)
-            }
+        let from_guide = Path::new("(from the guide)");
+        let users = match Users::parse(&initial.users, from_guide) {
+            Ok(u) => Arc::new(u),
             Err(e) => {
                 tracing::error!(version = initial.version, "the guide's users file does not parse: {e}");
-                cache.as_ref().map(|(_, u)| u.clone())
+                return cache.clone();
             }
-        }
+        };
+        let service = match ServiceConfig::parse(&initial.service, from_guide) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                tracing::error!(version = initial.version, "the guide's service file does not parse ({e}): no service limits or lockout apply");
+                None
+            }
+        };
+        let p = Parsed { version: initial.version, users, service };
+        *cache = Some(p.clone());
+        Some(p)
     }
 }
 
 impl Authority for ClusterAuthority {
-    fn check_login(&self, user: &str, password: &str, client: IpAddr) -> Result<(), Refusal> {
-        let users = self.users().ok_or(Refusal::NoUsers)?;
-        let found = validate_name(user).ok().and_then(|()| users.get(user));
-        let hash = found.map(|u| u.password_hash.as_str()).unwrap_or_else(|| dummy_hash());
+    fn admit(&self, client: IpAddr) -> Result<Slot, String> {
+        let Some(svc) = self.parsed().and_then(|p| p.service) else {
+            return Ok(Box::new(()));
+        };
+        if !svc.filter.allows(client) {
+            return Err("Your address is not allowed to use this service.".into());
+        }
+        match self.sessions.try_connect_from(client, svc.max_sessions, svc.max_sessions_per_address) {
+            Ok(slot) => Ok(Box::new(slot)),
+            Err(ConnectRefusal::Total(max)) => Err(format!("Too many sessions ({max} allowed); try again later.")),
+            Err(ConnectRefusal::Address(max)) => Err(format!("Too many sessions from your address ({max} allowed); try again later.")),
+        }
+    }
+
+    fn check_login(&self, user: &str, password: &str, client: IpAddr) -> Result<Slot, Refusal> {
+        let parsed = self.parsed().ok_or(Refusal::NoUsers)?;
+        let policy = parsed.service.as_ref().map(|s| s.login.clone());
+        let locked = policy.as_ref().and_then(|p| self.lockout.locked_for(p, user, client, Instant::now()));
+        let found = validate_name(user).ok().and_then(|()| parsed.users.get(user));
+        let hash = match (found, locked) {
+            (Some(u), None) => u.password_hash.as_str(),
+            _ => dummy_hash(),
+        };
         // A proxy credential is never a password here: a client must not
         // pass one through the proxy.
         let ok = !proxy_cred::is_credential(password) && verify_password(hash, password);
-        match found {
-            None if validate_name(user).is_err() => Err(Refusal::BadName),
-            None => Err(Refusal::UnknownUser),
-            Some(_) if !ok => Err(Refusal::BadPassword),
-            Some(u) if !u.allows(client) => Err(Refusal::AddressNotAllowed),
-            Some(_) => Ok(()),
+        if locked.is_some() {
+            return Err(Refusal::LockedOut);
+        }
+        let refusal = match found {
+            None if validate_name(user).is_err() => Some(Refusal::BadName),
+            None => Some(Refusal::UnknownUser),
+            Some(_) if !ok => Some(Refusal::BadPassword),
+            Some(u) if !u.allows(client) => return Err(Refusal::AddressNotAllowed),
+            Some(_) => None,
+        };
+        if let Some(r) = refusal {
+            if let Some(p) = &policy {
+                if self.lockout.failed(p, user, client, Instant::now()) {
+                    tracing::warn!(user, %client, failures = p.max_failures, lockout_secs = p.lockout.as_secs(), "too many failed logins: locking out");
+                }
+            }
+            return Err(r);
+        }
+        if let Some(p) = &policy {
+            self.lockout.succeeded(p, user, client);
+        }
+        let max = parsed.service.as_ref().map_or(usize::MAX, |s| s.max_sessions_per_user);
+        match self.sessions.try_login(user, max) {
+            Some(slot) => Ok(Box::new(slot)),
+            None => Err(Refusal::TooManySessions),
         }
     }
 
@@ -115,7 +174,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         });
-        let auth = Arc::new(ClusterAuthority { key: key.clone(), initial: feeds.initial.subscribe(), users: Mutex::new(None) });
+        let auth = Arc::new(ClusterAuthority {
+            key: key.clone(),
+            initial: feeds.initial.subscribe(),
+            parsed: Mutex::new(None),
+            sessions: Arc::new(Sessions::default()),
+            lockout: Lockout::default(),
+        });
         let follow = tokio::spawn(subscriber::follow(cfg.guide.clone(), key, feeds.clone()));
         let listener = drift_proxy::server::bind(&cfg).await?;
         let stop = async move {

@@ -90,11 +90,16 @@ impl ProxyTrust {
         ProxyTrust { key, proxies, seen: Mutex::new(HashMap::new()) }
     }
 
+    /// Whether `peer` is one of the trusted proxies.
+    pub fn is_proxy(&self, peer: IpAddr) -> bool {
+        self.proxies.iter().any(|n| n.contains(&peer))
+    }
+
     /// Checks a credential presented by `peer` for `user`; returns the
     /// client address it carries.
     pub fn verify(&self, user: &str, password: &str, peer: IpAddr) -> Result<IpAddr, CredError> {
         let rest = password.strip_prefix(PREFIX).ok_or(CredError::NotACredential)?;
-        if !self.proxies.iter().any(|n| n.contains(&peer)) {
+        if !self.is_proxy(peer) {
             return Err(CredError::NotAProxy(peer));
         }
         let mut parts = rest.splitn(4, ':');

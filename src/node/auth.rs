@@ -294,6 +294,12 @@ impl NodeAuthenticator {
         self
     }
 
+    /// Whether `peer` is a trusted proxy (its connections carry many
+    /// clients: the per-address session limit is the proxy's to apply).
+    pub fn is_proxy(&self, peer: IpAddr) -> bool {
+        self.proxy.as_ref().is_some_and(|t| t.is_proxy(peer))
+    }
+
     /// The lockout table this authenticator consults.
     pub fn lockout(&self) -> &Arc<Lockout> {
         &self.lockout

@@ -191,7 +191,9 @@ impl Front {
             return;
         }
         let ip = super::users::canonical_ip(peer.ip());
-        let slot = match self.sessions.try_connect_from(ip, svc.max_sessions, svc.max_sessions_per_address) {
+        // A trusted proxy applies the per-address limit to its clients.
+        let per_address = if self.authenticator.is_proxy(ip) { usize::MAX } else { svc.max_sessions_per_address };
+        let slot = match self.sessions.try_connect_from(ip, svc.max_sessions, per_address) {
             Ok(slot) => slot,
             Err(ConnectRefusal::Total(max)) => {
                 super::agent::threat::note_refused_connection();
