@@ -145,17 +145,29 @@ impl Session {
                     return Reply::new(426, "Data connection broken; transfer aborted");
                 }
             };
-            if let Some(s) = spool.as_mut() {
-                if !s.write(&buf[..n]).await {
-                    spool = None;
-                }
+            // To the spool and to the primary at the same time.
+            let chunk = &buf[..n];
+            let (spooled, sent) = tokio::join!(
+                async {
+                    match spool.as_mut() {
+                        Some(s) => s.write(chunk).await,
+                        None => true,
+                    }
+                },
+                async {
+                    match node.as_mut() {
+                        Some(nd) => nd.write_all(chunk).await,
+                        None => Ok(()),
+                    }
+                },
+            );
+            if !spooled {
+                spool = None;
             }
-            if let Some(nd) = node.as_mut() {
-                if let Err(e) = nd.write_all(&buf[..n]).await {
-                    warn!(session = self.id, "the primary was lost during an upload after {total} bytes: {e}");
-                    node = None;
-                    self.backend = None;
-                }
+            if let Err(e) = sent {
+                warn!(session = self.id, "the primary was lost during an upload after {total} bytes: {e}");
+                node = None;
+                self.backend = None;
             }
             if node.is_none() && spool.is_none() {
                 abort(client);
