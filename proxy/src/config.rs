@@ -35,6 +35,7 @@ struct Raw {
     max_sessions: Option<usize>,
     spool_dir: Option<PathBuf>,
     spool_quota_mb: Option<u64>,
+    state_db: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -64,6 +65,8 @@ pub struct ProxyConfig {
     pub spool_dir: PathBuf,
     /// Most bytes all spools together may hold.
     pub spool_quota: u64,
+    /// The active state (SQLite), read by `drift proxy status`.
+    pub state_db: PathBuf,
 }
 
 impl ProxyConfig {
@@ -102,6 +105,7 @@ impl ProxyConfig {
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let key_file = rel(raw.key_file);
         let spool_dir = rel(raw.spool_dir.unwrap_or_else(|| PathBuf::from("spool")));
+        let state_db = rel(raw.state_db.unwrap_or_else(|| PathBuf::from("proxy-state.db")));
         let quota_mb = raw.spool_quota_mb.unwrap_or(4096);
         if quota_mb == 0 {
             return Err(invalid("spool_quota_mb must be at least 1".into()));
@@ -121,6 +125,7 @@ impl ProxyConfig {
             max_sessions,
             spool_dir,
             spool_quota: quota_mb << 20,
+            state_db,
         })
     }
 }

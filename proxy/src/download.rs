@@ -15,6 +15,7 @@ use crate::backend::{Backend, BackendError, COMMAND_TIMEOUT};
 use crate::relay::FINAL_REPLY_TIMEOUT;
 use crate::reply::Reply;
 use crate::session::Session;
+use crate::state::Progress;
 
 /// The bytes moved per read.
 const CHUNK: usize = 256 << 10;
@@ -54,10 +55,15 @@ enum Copied {
     ClientGone(std::io::Error),
 }
 
-/// Copies node → client, counting into `done`.
-async fn copy_counted(node: &mut TcpStream, client: &mut TcpStream, done: &mut u64) -> Copied {
+/// Copies node → client, counting into `done` (and into the active
+/// state now and then).
+async fn copy_counted(node: &mut TcpStream, client: &mut TcpStream, done: &mut u64, mut progress: impl FnMut(u64)) -> Copied {
     let mut buf = vec![0u8; CHUNK];
+    let mut every = Progress::new();
     loop {
+        if every.due() {
+            progress(*done);
+        }
         let n = match node.read(&mut buf).await {
             Ok(0) | Err(_) => return Copied::NodeEnded,
             Ok(n) => n,
@@ -77,7 +83,9 @@ impl Session {
         let mut done = 0u64;
         let mut resumes = 0;
         loop {
-            if let Copied::ClientGone(e) = copy_counted(&mut node, &mut client, &mut done).await {
+            let (state, session, epoch) = (&self.shared.state, self.id, self.backend.as_ref().map_or(0, |b| b.epoch));
+            let copied = copy_counted(&mut node, &mut client, &mut done, |n| state.transfer_state(session, start + n, epoch, "running")).await;
+            if let Copied::ClientGone(e) = copied {
                 warn!(session = self.id, "the client's data connection broke after {done} bytes: {e}");
                 drop(node);
                 let _ = self.final_reply().await;
@@ -94,6 +102,7 @@ impl Session {
             }
             resumes += 1;
             let offset = start + done;
+            self.shared.state.transfer_state(self.id, offset, self.shared.view.borrow().epoch, "waiting");
             warn!(session = self.id, %path, offset, "the primary was lost during a download: resuming on the next one");
             node = match self.resume(path, offset, &id).await {
                 Ok(n) => n,

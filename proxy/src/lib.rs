@@ -19,6 +19,7 @@
 //! - [`relay`]: the backend on the current primary, relayed commands and
 //!   data connections, holding while no primary serves.
 //! - [`upload`]: a STOR spooled on disk and finished on a new primary.
+//! - [`state`]: the active state in SQLite (`drift proxy status`).
 //! - [`server`]: the listener and the session limit.
 
 use std::net::IpAddr;
@@ -31,6 +32,7 @@ pub mod relay;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod upload;
 
 /// Where the service is, as the guide last announced it.
@@ -112,6 +114,8 @@ pub enum ProxyError {
     Config(#[from] config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
+    #[error("cannot open the state database {path}: {source}")]
+    State { path: std::path::PathBuf, source: rusqlite::Error },
     #[error("cannot use the spool directory {dir}: {source}")]
     Spool { dir: std::path::PathBuf, source: std::io::Error },
 }

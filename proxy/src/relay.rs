@@ -123,7 +123,11 @@ impl Session {
     pub async fn logged_in(&mut self, verb: &str, line: &str) -> std::io::Result<Flow> {
         let reply = match verb {
             "PASV" | "EPSV" => self.open_passive(verb == "EPSV").await,
-            v if DATA.contains(&v) => return self.data_command(line).await,
+            v if DATA.contains(&v) => {
+                let flow = self.data_command(line).await;
+                self.shared.state.transfer_end(self.id);
+                return flow;
+            }
             v if RELAYED.contains(&v) => match self.relay(verb, line).await {
                 Ok(r) => r,
                 Err(r) => {
@@ -257,6 +261,9 @@ impl Session {
         // known by its BLAKE3.
         let resumable = verb == "RETR" && !self.type_.as_deref().is_some_and(|t| t.to_ascii_uppercase().starts_with('A'));
         let mut redo_left = MAX_REDO;
+        // The transfer's row exists before anything is sent.
+        let epoch = self.backend.as_ref().map_or(self.shared.view.borrow().epoch, |b| b.epoch);
+        self.shared.state.transfer_start(self.id, &verb, &path, None, epoch);
         let (node_data, first, id) = loop {
             if let Err(r) = self.ensure_backend().await {
                 self.send(&r).await?;

@@ -18,6 +18,7 @@ use crate::backend::Backend;
 use crate::config::ProxyConfig;
 use crate::passive::{canonical, Passive};
 use crate::reply::{read_line, LineError, Reply};
+use crate::state::StateDb;
 use crate::upload::SpoolSpace;
 use crate::{Authority, ProxyError, Refusal, Slot, View};
 
@@ -31,6 +32,7 @@ pub struct Shared {
     pub auth: Arc<dyn Authority>,
     pub passive: Passive,
     pub spool: Arc<SpoolSpace>,
+    pub state: StateDb,
     next_id: AtomicU64,
 }
 
@@ -39,7 +41,8 @@ impl Shared {
     pub fn new(cfg: ProxyConfig, view: watch::Receiver<View>, auth: Arc<dyn Authority>) -> Result<Shared, ProxyError> {
         let passive = Passive::new(cfg.passive_ports.clone());
         let spool = SpoolSpace::open(&cfg.spool_dir, cfg.spool_quota).map_err(|source| ProxyError::Spool { dir: cfg.spool_dir.clone(), source })?;
-        Ok(Shared { cfg, view, auth, passive, spool: Arc::new(spool), next_id: AtomicU64::new(1) })
+        let state = StateDb::open(&cfg.state_db).map_err(|source| ProxyError::State { path: cfg.state_db.clone(), source })?;
+        Ok(Shared { cfg, view, auth, passive, spool: Arc::new(spool), state, next_id: AtomicU64::new(1) })
     }
 }
 
@@ -125,10 +128,12 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         user_slot: None,
     };
     debug!(session = id, %peer, "client connected");
+    s.shared.state.session_open(id, &peer.to_string());
     let greeting = Reply::new(220, s.shared.cfg.greeting.clone());
     if s.send(&greeting).await.is_ok() {
         s.serve().await;
     }
+    s.shared.state.session_close(id);
     if let Some(b) = s.backend.take() {
         b.quit().await;
     }
@@ -136,6 +141,14 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 }
 
 impl Session {
+    /// Writes the session's row of the active state.
+    pub fn save(&self) {
+        if self.user.is_some() {
+            let epoch = self.backend.as_ref().map(|b| b.epoch);
+            self.shared.state.session_update(self.id, self.user.as_deref(), self.cwd.as_deref(), self.type_.as_deref(), self.rest, epoch);
+        }
+    }
+
     pub async fn send(&mut self, r: &Reply) -> std::io::Result<()> {
         r.write_to(&mut self.w).await
     }
@@ -164,7 +177,10 @@ impl Session {
                 match String::from_utf8(line) {
                     Err(_) => Some(Reply::new(501, "Command line is not valid UTF-8")),
                     Ok(l) => match self.command(&l).await {
-                        Ok(Flow::Continue) => None,
+                        Ok(Flow::Continue) => {
+                            self.save();
+                            None
+                        }
                         Ok(Flow::Close) | Err(_) => return,
                     },
                 }

@@ -24,6 +24,7 @@ use crate::download::file_id;
 use crate::relay::{redo, FINAL_REPLY_TIMEOUT};
 use crate::reply::Reply;
 use crate::session::Session;
+use crate::state::Progress;
 
 const CHUNK: usize = 256 << 10;
 /// Most resumptions of one upload.
@@ -129,10 +130,17 @@ impl Session {
                 None
             }
         };
+        let epoch = self.backend.as_ref().map_or(0, |b| b.epoch);
+        self.shared.state.transfer_start(self.id, "STOR", path, spool.as_ref().map(|s| s.path.as_path()), epoch);
+        let mut every = Progress::new();
         let mut node = Some(node);
         let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
         loop {
+            if every.due() {
+                let state = if node.is_some() { "running" } else { "waiting" };
+                self.shared.state.transfer_state(self.id, total, epoch, state);
+            }
             let n = match client.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -195,6 +203,7 @@ impl Session {
             return Reply::new(451, "The primary was lost and the upload was not spooled: send it again");
         };
         drop(client);
+        self.shared.state.transfer_state(self.id, total, epoch, "resuming");
         for _ in 0..MAX_RESUMES {
             match self.finish_upload(path, &spool, total).await {
                 Ok(r) => return r,

@@ -26,12 +26,33 @@ use crate::node::users::{validate_name, verify_password, Users};
 use crate::xfer::ClusterKey;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Runs in the foreground until SIGINT or SIGTERM. See docs/proxy.md for the \
-configuration keys, what works now and what is not built yet.")]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Runs in the foreground until SIGINT or SIGTERM. See docs/proxy.md for the \
+configuration keys, what works now and what is not built yet."
+)]
 pub struct ProxyArgs {
     /// The proxy's configuration file (proxy.toml).
     #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Option<ProxyCmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ProxyCmd {
+    /// List the proxy's live sessions and transfers (its active state).
+    Status(ProxyStatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyStatusArgs {
+    /// The proxy's configuration file (names its state_db).
+    #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// Print one JSON object: {"sessions": [...], "transfers": [...]}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Logins against the users file of the guide's latest initial state,
@@ -155,7 +176,46 @@ fn view_of(a: Option<&crate::cluster::msg::Announcement>) -> View {
 }
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    match (args.cmd, args.config) {
+        (Some(ProxyCmd::Status(a)), _) => status(a),
+        (None, Some(config)) => serve(&config),
+        (None, None) => anyhow::bail!("drift proxy needs --config proxy.toml (or `drift proxy status --config proxy.toml`)"),
+    }
+}
+
+fn status(args: ProxyStatusArgs) -> anyhow::Result<ExitCode> {
     let cfg = ProxyConfig::load(&args.config)?;
+    let (sessions, transfers) = drift_proxy::state::read(&cfg.state_db)
+        .with_context(|| format!("reading the proxy's state {} (is the proxy running?)", cfg.state_db.display()))?;
+    let json = |rows: &[Vec<(String, String)>]| -> Vec<serde_json::Value> {
+        rows.iter()
+            .map(|r| {
+                let obj = r.iter().map(|(k, v)| {
+                    let v = v.parse::<i64>().map(serde_json::Value::from).unwrap_or_else(|_| if v.is_empty() { serde_json::Value::Null } else { v.clone().into() });
+                    (k.clone(), v)
+                });
+                serde_json::Value::Object(obj.collect())
+            })
+            .collect()
+    };
+    if args.json {
+        println!("{}", serde_json::json!({ "sessions": json(&sessions), "transfers": json(&transfers) }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let show = |title: &str, rows: &[Vec<(String, String)>]| {
+        println!("{title}: {}", rows.len());
+        for r in rows {
+            let line: Vec<String> = r.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect();
+            println!("  {}", line.join(" "));
+        }
+    };
+    show("sessions", &sessions);
+    show("transfers", &transfers);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(config: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = ProxyConfig::load(config)?;
     let key = ClusterKey::load(&cfg.key_file).context("loading the cluster key")?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
