@@ -158,3 +158,29 @@ fn an_upload_survives_a_sigkill_of_the_primary_from_the_spool() {
     let third = c.nodes.iter().find(|n| n.id != first && n.id != now).unwrap().backing.join("alice/up.bin");
     assert!(wait_until(Duration::from_secs(30), || std::fs::read(&third).map(|b| b == data).unwrap_or(false)), "not replicated");
 }
+
+#[test]
+fn a_second_failover_during_the_resumed_download_also_ends_well() {
+    let mut c = Cluster::start(setup());
+    let (_, first) = c.wait_primary(Duration::from_secs(30));
+    let proxy = c.start_proxy("");
+    let data = pattern(64 * MIB, 5);
+    let mut f = Ftp::login(proxy.addr(), "alice", "alice-pw-1");
+    assert_eq!(f.stor("twice.bin", &data).1 .0, 226);
+    c.wait_converged(&first, Duration::from_secs(60));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("twice.bin");
+    let curl = slow_download(&proxy.url("alice", "alice-pw-1", "/twice.bin"), &out, "4M");
+    assert!(wait_until(Duration::from_secs(30), || size(&out) >= MIB), "the download did not start");
+    c.node_mut(&first).kill_mid_io();
+    assert!(proxy.wait_log("download resumed on the new primary", Duration::from_secs(30)), "{}", proxy.logs());
+    let (_, second) = c.wait_primary(Duration::from_secs(30));
+    assert_ne!(second, first);
+    c.node_mut(&second).kill_mid_io();
+    let (ok, err) = finish(curl, Duration::from_secs(120));
+    assert!(ok, "curl failed across two failovers: {err}\n{}", proxy.logs());
+    let got = std::fs::read(&out).unwrap();
+    assert!(got == data, "downloaded {} bytes, not the {} uploaded (or different ones)", got.len(), data.len());
+    assert_eq!(proxy.logs().matches("download resumed on the new primary").count(), 2, "{}", proxy.logs());
+}
