@@ -10,17 +10,17 @@
 //! built on the cluster key (`src/cli/proxy.rs` in the drift crate).
 //!
 //! # Layout
-//! - [`config`]: `proxy.toml`.
-//! - [`reply`]: FTP replies and bounded command lines.
-//! - [`backend`]: one FTP client session on a node.
-//! - [`passive`]: the proxy's own passive ports.
-//! - [`session`]: one client session: the login and the command loop.
-//! - [`download`]: a RETR that resumes on a new primary (same BLAKE3).
-//! - [`relay`]: the backend on the current primary, relayed commands and
+//! - [`config`] — `proxy.toml`.
+//! - [`reply`] — FTP replies and bounded command lines.
+//! - [`backend`] — one FTP client session on a node.
+//! - [`passive`] — the proxy's own passive ports.
+//! - [`session`] — one client session: the login and the command loop.
+//! - [`download`] — a RETR that resumes on a new primary (same BLAKE3).
+//! - [`relay`] — the backend on the current primary, relayed commands and
 //!   data connections, holding while no primary serves.
-//! - [`upload`]: a STOR spooled on disk and finished on a new primary.
-//! - [`state`]: the active state in SQLite (`drift proxy status`).
-//! - [`server`]: the listener and the session limit.
+//! - [`upload`] — a STOR spooled on disk and finished on a new primary.
+//! - [`state`] — the active state in SQLite (`drift proxy status`).
+//! - [`server`] — the listener and the session limit.
 
 use std::net::IpAddr;
 

@@ -119,11 +119,14 @@ impl Default for Progress {
     }
 }
 
-/// The live sessions and transfers as JSON-ready rows, read-only (for
-/// `drift proxy status`, another process).
-pub fn read(path: &Path) -> rusqlite::Result<(Vec<Vec<(String, String)>>, Vec<Vec<(String, String)>>)> {
+/// Rows as (column, value as text) pairs.
+pub type Rows = Vec<Vec<(String, String)>>;
+
+/// The live sessions and transfers, read-only (for `drift proxy status`,
+/// another process).
+pub fn read(path: &Path) -> rusqlite::Result<(Rows, Rows)> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let rows = |sql: &str| -> rusqlite::Result<Vec<Vec<(String, String)>>> {
+    let rows = |sql: &str| -> rusqlite::Result<Rows> {
         let mut st = conn.prepare(sql)?;
         let names: Vec<String> = st.column_names().map(|s| s.to_string()).collect();
         let out = st.query_map([], |r| {
