@@ -184,3 +184,39 @@ fn a_second_failover_during_the_resumed_download_also_ends_well() {
     assert!(got == data, "downloaded {} bytes, not the {} uploaded (or different ones)", got.len(), data.len());
     assert_eq!(proxy.logs().matches("download resumed on the new primary").count(), 2, "{}", proxy.logs());
 }
+
+#[test]
+fn a_migration_during_each_transfer_direction_ends_well() {
+    let c = Cluster::start(setup());
+    let (_, first) = c.wait_primary(Duration::from_secs(30));
+    let proxy = c.start_proxy("");
+    let down = pattern(48 * MIB, 6);
+    let mut f = Ftp::login(proxy.addr(), "alice", "alice-pw-1");
+    assert_eq!(f.stor("down.bin", &down).1 .0, 226);
+    c.wait_converged(&first, Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("up.bin");
+    let up = pattern(32 * MIB, 7);
+    std::fs::write(&src, &up).unwrap();
+    let out = dir.path().join("down.bin");
+
+    // Both directions at once, then a migration in the middle of both.
+    let upload = slow_upload(&src, &proxy.url("alice", "alice-pw-1", "/up.bin"), "4M");
+    let download = slow_download(&proxy.url("alice", "alice-pw-1", "/down.bin"), &out, "4M");
+    let on_first = c.node(&first).backing.join("alice/up.bin");
+    assert!(wait_until(Duration::from_secs(30), || size(&on_first) >= 2 * MIB && size(&out) >= 2 * MIB), "the transfers did not start");
+    let (ok, _, err) = common::cluster::drift_out(&["migrate", "--config", c.guide_config.to_str().unwrap()]);
+    assert!(ok, "migrate: {err}");
+    let (_, second) = c.wait_new_primary(&first, Duration::from_secs(30));
+    let (ok, err) = finish(upload, Duration::from_secs(120));
+    assert!(ok, "the upload failed across the migration: {err}\n{}", proxy.logs());
+    let (ok, err) = finish(download, Duration::from_secs(120));
+    assert!(ok, "the download failed across the migration: {err}\n{}", proxy.logs());
+    assert!(std::fs::read(&out).unwrap() == down, "the download differs");
+    let (_, now) = c.wait_primary(Duration::from_secs(30));
+    assert_eq!(now, second);
+    assert!(
+        wait_until(Duration::from_secs(30), || std::fs::read(c.node(&now).backing.join("alice/up.bin")).map(|b| b == up).unwrap_or(false)),
+        "the new primary does not hold the uploaded file"
+    );
+}
