@@ -175,7 +175,7 @@ fn empty_dir(dir: &Path, rel: &Path, keep: &[PathBuf], trash: Option<&Path>) -> 
         let (p, r) = (ent.path(), rel.join(ent.file_name()));
         let is_dir = ent.file_type().map(|t| t.is_dir()).unwrap_or(false);
         if is_dir && keep.iter().any(|k| k.starts_with(&r)) {
-            if keep.iter().any(|k| *k == r) {
+            if keep.contains(&r) {
                 // A home: swapped for an empty one in two steps.
                 if let Some(t) = trash {
                     let aside = t.join(format!("home-{}", r.to_string_lossy().replace('/', "%")));
