@@ -220,3 +220,32 @@ fn a_migration_during_each_transfer_direction_ends_well() {
         "the new primary does not hold the uploaded file"
     );
 }
+
+#[test]
+fn no_primary_within_the_patience_is_a_clear_failure_never_a_false_226() {
+    let setup = ClusterSetup { nodes: 1, node_extra: "proxies = [\"127.0.0.1/32\"]".into(), ..ClusterSetup::default() };
+    let mut c = Cluster::start(setup);
+    let (_, only) = c.wait_primary(Duration::from_secs(30));
+    let proxy = c.start_proxy("patience_secs = 3");
+    let data = pattern(48 * MIB, 8);
+    let mut f = Ftp::login(proxy.addr(), "alice", "alice-pw-1");
+    assert_eq!(f.stor("d.bin", &data).1 .0, 226);
+    drop(f);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d.bin");
+    let src = dir.path().join("u.bin");
+    std::fs::write(&src, &data[..32 * MIB]).unwrap();
+    let download = slow_download(&proxy.url("alice", "alice-pw-1", "/d.bin"), &out, "4M");
+    let upload = slow_upload(&src, &proxy.url("alice", "alice-pw-1", "/u.bin"), "4M");
+    let on_node = c.node(&only).backing.join("alice/u.bin");
+    assert!(wait_until(Duration::from_secs(30), || size(&out) >= MIB && size(&on_node) >= MIB), "the transfers did not start");
+    c.node_mut(&only).kill_mid_io();
+    let (ok, err) = finish(download, Duration::from_secs(60));
+    assert!(!ok, "the download succeeded with no primary");
+    let got = std::fs::read(&out).unwrap_or_default();
+    assert!(got.len() < data.len() && data.starts_with(&got), "the partial download is not a prefix");
+    let (ok, err_up) = finish(upload, Duration::from_secs(60));
+    assert!(!ok, "the upload got a success with no primary");
+    assert!(err.contains("451") || err_up.contains("451"), "no 451: {err} / {err_up}");
+    assert!(proxy.logs().contains("no primary serving within 3s"), "{}", proxy.logs());
+}

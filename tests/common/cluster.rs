@@ -765,7 +765,7 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nguide = \"{}\"\nkey_file = \"cluster.key\"\npassive_ports = [21000, 29999]\npatience_secs = 30\n{extra}\n",
+                "listen = \"127.0.0.1:{port}\"\nguide = \"{}\"\nkey_file = \"cluster.key\"\npassive_ports = [21000, 29999]\n{extra}\n",
                 self.guide_addr()
             ),
         )
