@@ -41,7 +41,7 @@ fn repeated_failures_lock_the_account_at_the_proxy() {
     // Another address is not locked (lock_by = "user-and-ip").
     let (mut f, code) = login_from(proxy.addr(), "127.0.0.3", "alice-pw-1");
     assert_eq!(code, 230);
-    assert_eq!(f.list("NLST").0, 226);
+    assert_eq!(f.cmd("PWD").0, 257);
     // The node never saw the wrong passwords: its lockout is untouched.
     let mut direct = Ftp::connect(c.node(&primary).ftp().parse().unwrap());
     assert_eq!(direct.cmd("USER alice").0, 331);
@@ -80,7 +80,7 @@ fn the_proxy_limits_each_address_and_nodes_do_not_count_it_as_one() {
         }
     }
     for f in &mut sessions {
-        assert_eq!(f.list("NLST").0, 226, "a backend session was refused by the node");
+        assert_eq!(f.cmd("PWD").0, 257, "a backend session was refused by the node");
     }
     // A fourth from one address is refused by the proxy.
     let (_f, code) = login_from(proxy.addr(), "127.0.0.1", "alice-pw-1");

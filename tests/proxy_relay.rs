@@ -124,6 +124,15 @@ fn the_proxy_refuses_bad_input_and_hides_the_nodes() {
     assert!(!text.contains(&node_port), "{code} {text}");
     assert_eq!(f.cmd("RETR nothing-passive").0, 425, "a data command without PASV");
     assert_eq!(f.cmd("QUIT").0, 221);
+    // A data connection from another address than the client's is closed,
+    // and the client gets 425, not the node's 226 for a listing it never
+    // received.
+    let mut g = Ftp::connect_from(proxy.addr(), "127.0.0.3".parse().unwrap());
+    assert_eq!(g.cmd("USER alice").0, 331);
+    assert_eq!(g.cmd("PASS alice-pw-1").0, 230);
+    let (code, listing) = g.list("LIST");
+    assert_eq!(code, 425, "a data connection from a third address: {listing}");
+    assert!(proxy.logs().contains("data connection from another address"), "{}", proxy.logs());
     // Nothing of that reached the node's tree.
     let tree: Vec<_> = std::fs::read_dir(c.node(&primary).backing.join("alice")).unwrap().collect();
     assert!(tree.is_empty(), "the node's tree changed: {tree:?}");

@@ -324,7 +324,16 @@ impl Session {
             }
             (Ok(client_data), None) if upload => pump(client_data, node_data).await,
             (Ok(client_data), None) => pump(node_data, client_data).await,
-            (Err(e), _) => Err(e),
+            (Err(e), _) => {
+                // The node's transfer must not count as done: reset its
+                // data connection, and never pass its 226 on.
+                warn!(session = self.id, "the client did not open the data connection: {e}");
+                let _ = node_data.set_zero_linger();
+                drop(node_data);
+                let _ = self.final_reply().await;
+                self.send(&Reply::new(425, "Cannot open the data connection")).await?;
+                return Ok(Flow::Continue);
+            }
         };
         let Some(b) = self.backend.as_mut() else { return Ok(Flow::Close) };
         let last = b.reply(FINAL_REPLY_TIMEOUT).await;
