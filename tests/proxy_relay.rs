@@ -244,3 +244,35 @@ fn writes_during_migrations_are_held_not_failed() {
         assert!(got.len() == 70000 && got.iter().all(|&b| b == (n % 251) as u8), "d{n}/g.bin wrong on {last}");
     }
 }
+
+/// Resets a TCP connection (SO_LINGER 0, then close): the peer sees an
+/// error, not an end of file.
+fn reset(s: std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a descriptor this function owns, with a
+    // correctly sized value.
+    unsafe {
+        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&l as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as u32);
+    }
+    drop(s);
+}
+
+#[test]
+fn a_broken_upload_is_never_answered_as_a_success() {
+    use std::io::Write;
+    let c = Cluster::start(setup(1));
+    c.wait_primary(Duration::from_secs(30));
+    let proxy = c.start_proxy("");
+    let mut f = Ftp::login(proxy.addr(), "alice", "alice-pw-1");
+    for verb in ["STOR", "APPE"] {
+        let mut data = f.epsv();
+        let (code, text) = f.cmd(&format!("{verb} broken-{verb}.bin"));
+        assert_eq!(code, 150, "{verb}: {text}");
+        data.write_all(&vec![1u8; 1 << 20]).unwrap();
+        reset(data);
+        let (code, text) = f.reply();
+        assert!(code >= 400, "{verb} over a reset data connection was answered {code} {text}");
+    }
+    assert_eq!(f.cmd("NOOP").0, 200, "the session survives");
+}

@@ -338,6 +338,11 @@ impl Session {
         let Some(b) = self.backend.as_mut() else { return Ok(Flow::Close) };
         let last = b.reply(FINAL_REPLY_TIMEOUT).await;
         match last {
+            // A broken data connection is never answered as a success.
+            Ok(r) if r.success() && relayed.is_err() => {
+                warn!(session = self.id, "the data connection broke ({relayed:?}); the node said {}", r.code);
+                self.send(&Reply::new(426, "Data connection broken; transfer aborted")).await?
+            }
             Ok(r) => self.send(&r).await?,
             Err(e) => {
                 warn!(session = self.id, "no final reply from the primary ({e}); data connection: {relayed:?}");
@@ -350,12 +355,21 @@ impl Session {
 }
 
 /// Copies `from` to `to` until `from` ends, then ends `to` (the other
-/// direction carries nothing in stream mode).
+/// direction carries nothing in stream mode). On an error both are reset,
+/// so the receiving end sees a failure, not an end of file.
 async fn pump(mut from: tokio::net::TcpStream, mut to: tokio::net::TcpStream) -> std::io::Result<u64> {
     use tokio::io::AsyncWriteExt;
-    let n = tokio::io::copy(&mut from, &mut to).await?;
-    to.shutdown().await?;
-    Ok(n)
+    match tokio::io::copy(&mut from, &mut to).await {
+        Ok(n) => {
+            to.shutdown().await?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = to.set_zero_linger();
+            let _ = from.set_zero_linger();
+            Err(e)
+        }
+    }
 }
 
 /// Hides what the proxy does not offer from a relayed FEAT.
