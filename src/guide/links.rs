@@ -132,7 +132,7 @@ fn welcome(guide: &Guide, nh: &NodeHello, link: Link) -> Result<(Role, Option<u6
             // The primary came back with a journal the history does not
             // have (or from an old epoch): it is demoted; the lease watch
             // fails over once its lease has run out.
-            warn!(node = %nh.id, "the primary's journal differs from the history: demoted");
+            warn!(node = %nh.id, journal_seq = nh.journal_seq, history_seq = hseq, "the primary's journal differs from the history or is behind it: demoted");
             inner.primary_lost_at.get_or_insert(now);
         }
     }
