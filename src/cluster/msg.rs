@@ -51,16 +51,17 @@ pub const MAX_BATCH_WIRE_BYTES: usize = (crate::cluster::link::MAX_MESSAGE / 2) 
 
 /// An upper bound on the encoded size of an entry with these path and
 /// target lengths: JSON may spell each byte of a name as `\u00XX`.
-pub fn wire_cost(path_len: usize, to_len: usize) -> usize {
+fn wire_cost(path_len: usize, to_len: usize) -> usize {
     6 * (path_len + to_len) + 512
 }
 
-/// How many of `entries` (at least one) fit in one message.
-pub fn batch_len<'a>(entries: impl IntoIterator<Item = &'a WireEntry>) -> usize {
+/// How many entries (at least one) of a run with these path and target
+/// lengths fit in one message.
+pub fn batch_len(names: impl IntoIterator<Item = (usize, usize)>) -> usize {
     let mut total = 0;
     let mut n = 0;
-    for e in entries {
-        total += wire_cost(e.path.len(), e.to.as_ref().map_or(0, |t| t.len()));
+    for (path_len, to_len) in names {
+        total += wire_cost(path_len, to_len);
         if n > 0 && total > MAX_BATCH_WIRE_BYTES {
             break;
         }
@@ -174,6 +175,11 @@ impl WireEntry {
             mode: self.mode,
             mtime: self.mtime_ns.map(time),
         })
+    }
+
+    /// The lengths of its path and rename target, for [`batch_len`].
+    pub fn name_lens(&self) -> (usize, usize) {
+        (self.path.len(), self.to.as_ref().map_or(0, |t| t.len()))
     }
 
     /// What identifies the entry across copies (its time included: a copy
@@ -339,14 +345,14 @@ mod tests {
         rename.op = "rename".into();
         rename.to = Some(path.clone());
         let batch: Vec<WireEntry> = (1..=MAX_BATCH as u64).map(|seq| WireEntry { seq, ..rename.clone() }).collect();
-        let n = batch_len(&batch);
+        let n = batch_len(batch.iter().map(WireEntry::name_lens));
         assert!(n >= 1 && n < MAX_BATCH, "{n}");
         let encoded = serde_json::to_vec(&Down::Forward { entries: batch[..n].to_vec(), absent: vec![] }).unwrap();
         assert!(encoded.len() <= crate::cluster::link::MAX_MESSAGE as usize, "{} bytes", encoded.len());
         // One entry always goes, whatever its size; short ones all fit.
-        assert_eq!(batch_len(&batch[..1]), 1);
+        assert_eq!(batch_len(batch[..1].iter().map(WireEntry::name_lens)), 1);
         let short: Vec<WireEntry> = (1..=MAX_BATCH as u64).map(|seq| write(seq, "/a/b")).collect();
-        assert_eq!(batch_len(&short), MAX_BATCH);
+        assert_eq!(batch_len(short.iter().map(WireEntry::name_lens)), MAX_BATCH);
     }
 
     fn write(seq: u64, path: &str) -> WireEntry {

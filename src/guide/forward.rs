@@ -47,7 +47,7 @@ fn next(guide: &Guide, id: &str, conn: u64) -> Next {
         return Next::Wait;
     }
     let batch = h.range(applied + 1, MAX_BATCH);
-    let batch = &batch[..crate::cluster::msg::batch_len(batch.iter().map(|e| &e.wire))];
+    let batch = &batch[..crate::cluster::msg::batch_len(batch.iter().map(|e| e.wire.name_lens()))];
     let live = h.live_writes();
     let mut absent = Vec::new();
     let mut blobs = BTreeSet::new();

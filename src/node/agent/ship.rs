@@ -174,14 +174,10 @@ fn prepare(a: &Agent, shipped: u64, verify: bool) -> Result<Prepared, ShipError>
         let mut p = Prepared { entries: Vec::new(), absent: Vec::new(), files: Vec::new(), bytes: 0 };
         let mut names = HashSet::new();
         let mut moved = false;
-        let mut wire = 0;
-        for e in all.into_iter().take(MAX_BATCH) {
+        // Cut by the message's size too: long paths make big entries.
+        let fit = crate::cluster::msg::batch_len(all.iter().take(MAX_BATCH).map(|e| (e.path.len(), e.to.as_ref().map_or(0, |t| t.len()))));
+        for e in all.into_iter().take(fit) {
             if !p.entries.is_empty() && p.bytes >= MAX_BATCH_BYTES {
-                break;
-            }
-            // Cut by the message's size too: long paths make big entries.
-            wire += crate::cluster::msg::wire_cost(e.path.len(), e.to.as_ref().map_or(0, |t| t.len()));
-            if !p.entries.is_empty() && wire > crate::cluster::msg::MAX_BATCH_WIRE_BYTES {
                 break;
             }
             if e.op == Op::Write {
