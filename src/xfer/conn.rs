@@ -1,6 +1,7 @@
 //! Frame assembly over one channel: a writer that numbers and MACs frames,
-//! a reader that checks them. Knows nothing of files or sockets; the
-//! channel halves come from [`super::channel`].
+//! a reader that checks them. The channel halves come from
+//! [`super::channel`]; the writer only touches a socket directly to hand a
+//! data frame's payload to `sendfile` when the channel is TCP.
 
 use std::fs::File;
 use std::io::IoSlice;
@@ -26,7 +27,7 @@ pub struct FrameWriter {
     peer: String,
     /// The TCP socket (a duplicate registered for writability), made on
     /// the first data frame sent from a file; `Err` once that failed.
-    zero_copy: Option<std::result::Result<AsyncFd<OwnedFd>, ()>>,
+    zero_copy: Option<std::result::Result<std::sync::Arc<AsyncFd<OwnedFd>>, ()>>,
 }
 
 impl FrameWriter {
@@ -80,23 +81,15 @@ impl FrameWriter {
     /// the socket. The file must still hold those bytes: if it changed,
     /// the receiver's MAC check fails, as it would for any altered frame.
     pub async fn send_data(&mut self, file_id: u64, offset: u64, payload: &[u8], cv: &[u8; 32], source: Option<&File>) -> Result<u64> {
-        let Some(file) = source.filter(|_| payload.len() >= COALESCE) else {
+        let file = source.filter(|_| payload.len() >= COALESCE);
+        let Some((file, sock)) = file.zip(self.socket()) else {
             return self.send_digested(FrameType::Data, file_id, offset, payload, cv).await;
         };
-        if self.zero_copy.is_none() {
-            self.zero_copy = Some(self.w.tcp_fd().ok_or(()).and_then(|fd| register(fd).map_err(|e| {
-                tracing::debug!(peer = %self.peer, "sending without sendfile: {e}");
-            })));
-        }
-        if !matches!(self.zero_copy, Some(Ok(_))) {
-            return self.send_digested(FrameType::Data, file_id, offset, payload, cv).await;
-        }
         let h = self.next_header(FrameType::Data, file_id, offset, payload.len());
         let raw = h.encode();
         let tag = frame::mac(&self.key, &raw, cv);
         self.w.write_all(&raw).await.map_err(|e| self.err(e))?;
-        let Some(Ok(sock)) = &self.zero_copy else { unreachable!("checked above") };
-        let sent = sendfile_all(sock, file, offset, payload.len()).await;
+        let sent = sendfile_all(&sock, file, offset, payload.len()).await;
         if let Err((done, e)) = sent {
             // A source the kernel cannot splice from: the rest of the frame
             // goes from memory, and so do later frames.
@@ -110,6 +103,19 @@ impl FrameWriter {
         }
         self.w.write_all(tag.as_bytes()).await.map_err(|e| self.err(e))?;
         Ok(h.seq)
+    }
+
+    /// The socket for `sendfile`, registered on first use; `None` for a
+    /// channel that is not TCP, after `without_sendfile`, or once
+    /// registering failed.
+    fn socket(&mut self) -> Option<std::sync::Arc<AsyncFd<OwnedFd>>> {
+        if self.zero_copy.is_none() {
+            let registered = self.w.tcp_fd().ok_or(()).and_then(|fd| {
+                register(fd).map(std::sync::Arc::new).map_err(|e| tracing::debug!(peer = %self.peer, "sending without sendfile: {e}"))
+            });
+            self.zero_copy = Some(registered);
+        }
+        self.zero_copy.as_ref().and_then(|z| z.as_ref().ok().cloned())
     }
 
     /// Writes header, payload and MAC: small frames assembled into one
