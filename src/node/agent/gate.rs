@@ -168,29 +168,18 @@ impl Gate {
         st.role == Role::Primary && fenced_now(&mut st, Instant::now())
     }
 
-    /// The guide made this node primary of `epoch`, with a lease until `until`.
-    pub fn become_primary(&self, epoch: u64, until: Instant) {
-        let mut st = self.st();
-        st.role = Role::Primary;
-        st.epoch = st.epoch.max(epoch);
-        st.lease_until = Some(until);
-        st.awaiting_lease = false;
-        st.draining = false;
-        st.fence_logged = false;
-        st.primary_ftp = None;
-    }
-
-    /// `Promote` to `epoch`: primary at once, but with no lease until the
-    /// guide answers a heartbeat sent after it. The lease a heartbeat earns
+    /// The guide made this node primary of `epoch`, with a lease until
+    /// `until`, or (`None`, a `Promote`) with no lease until the guide
+    /// answers a heartbeat sent after it. The lease a heartbeat earns
     /// counts from when the heartbeat was sent, so it always ends before
     /// the guide's; a `Promote` carries no such anchor (it may have waited
     /// in a paused process or a slow link), so it grants none.
-    pub fn become_primary_unleased(&self, epoch: u64) {
+    pub fn become_primary(&self, epoch: u64, until: Option<Instant>) {
         let mut st = self.st();
         st.role = Role::Primary;
         st.epoch = st.epoch.max(epoch);
-        st.lease_until = None;
-        st.awaiting_lease = true;
+        st.lease_until = until;
+        st.awaiting_lease = until.is_none();
         st.draining = false;
         st.fence_logged = false;
         st.primary_ftp = None;
@@ -341,7 +330,7 @@ mod tests {
     #[test]
     fn a_promoted_node_takes_changes_only_once_a_lease_arrives() {
         let g = Gate::new(Ack::Guide, Duration::from_secs(1));
-        g.become_primary_unleased(5);
+        g.become_primary(5, None);
         assert!(g.serving(), "reads are served at once");
         assert!(g.awaiting_lease());
         assert_eq!(g.may_change(), Err(Refusal::Fenced));
@@ -359,7 +348,7 @@ mod tests {
         let g = Gate::new(Ack::Guide, Duration::from_secs(1));
         assert!(!g.serving());
         assert_eq!(g.may_change(), Err(Refusal::NotPrimary("catching-up")));
-        g.become_primary(3, Instant::now() + Duration::from_secs(10));
+        g.become_primary(3, Some(Instant::now() + Duration::from_secs(10)));
         assert!(g.serving());
         assert_eq!(g.may_change(), Ok(()));
         assert_eq!(g.role(), Role::Primary);
@@ -367,7 +356,7 @@ mod tests {
         assert_eq!(g.may_change(), Err(Refusal::Draining));
         g.set_draining(false);
         // A lease in the past fences; a renewal of the same epoch lifts it.
-        g.become_primary(3, Instant::now() - Duration::from_millis(1));
+        g.become_primary(3, Some(Instant::now() - Duration::from_millis(1)));
         assert_eq!(g.may_change(), Err(Refusal::Fenced));
         assert!(g.check_lease());
         assert_eq!(g.role(), Role::Fenced);
@@ -385,7 +374,7 @@ mod tests {
     #[tokio::test]
     async fn a_success_reply_waits_for_stored_and_gives_up_in_time() {
         let g = std::sync::Arc::new(Gate::new(Ack::Guide, Duration::from_millis(300)));
-        g.become_primary(1, Instant::now() + Duration::from_secs(30));
+        g.become_primary(1, Some(Instant::now() + Duration::from_secs(30)));
         g.set_stored(4);
         assert_eq!(g.wait_stored(4).await, Ok(()));
         let t = Instant::now();
@@ -403,7 +392,7 @@ mod tests {
         g.set_role(Role::Backup, 2, None);
         assert_eq!(waiter.await.unwrap(), Err(AckError::Demoted));
         // Fenced while waiting.
-        g.become_primary(2, Instant::now() + Duration::from_millis(60));
+        g.become_primary(2, Some(Instant::now() + Duration::from_millis(60)));
         assert_eq!(g.wait_stored(8).await, Err(AckError::Fenced));
         // ack = "local" never waits.
         let l = Gate::new(Ack::Local, Duration::from_millis(1));
@@ -413,7 +402,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_shipped_without_its_content_is_never_acknowledged() {
         let g = Gate::new(Ack::Guide, Duration::from_secs(5));
-        g.become_primary(1, Instant::now() + Duration::from_secs(30));
+        g.become_primary(1, Some(Instant::now() + Duration::from_secs(30)));
         g.content_lost(3);
         g.set_stored(4);
         assert_eq!(g.wait_stored(3).await, Err(AckError::ContentLost));

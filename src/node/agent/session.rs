@@ -296,7 +296,7 @@ impl Link<'_> {
         }
         match role {
             Role::Primary => {
-                a.gate.become_primary(epoch, lease_end(sent_at, lease_ms));
+                a.gate.become_primary(epoch, Some(lease_end(sent_at, lease_ms)));
                 a.gate.set_stored(history_seq);
                 tracing::info!(epoch, "primary: serving FTP and shipping from seq {}", history_seq + 1);
                 self.start_primary(epoch, history_seq).await?;
@@ -470,7 +470,9 @@ impl Link<'_> {
                     self.take_users(version, users).await;
                 }
             }
-            Down::Promote { epoch, lease_ms, history_seq } => {
+            // (Its `lease_ms` is what the next `Lease` says again: a
+            // Promote grants no lease, see `Gate::become_primary`.)
+            Down::Promote { epoch, history_seq, .. } => {
                 if epoch < a.gate.epoch() {
                     tracing::warn!(epoch, ours = a.gate.epoch(), "Promote for an old epoch; ignored");
                     return Ok(None);
@@ -483,10 +485,8 @@ impl Link<'_> {
                     tracing::error!(epoch, history_seq = h, journal_seq = last, "promoted, but the journal does not end where the history does; not taking the role");
                     return Err(SessionError::Local(format!("promoted at history seq {h} with a journal ending at {last}")));
                 }
-                // No lease until the guide answers a heartbeat sent from
-                // now on (`lease_ms` is the length the next `Lease` gives).
-                let _ = lease_ms;
-                a.gate.become_primary_unleased(epoch);
+                // No lease until the guide answers a heartbeat sent from now on.
+                a.gate.become_primary(epoch, None);
                 a.gate.reset_stored(last);
                 self.note_epoch(epoch);
                 tracing::info!(epoch, seq = last, "promoted: primary of epoch {epoch}; serving FTP, changes once the guide's lease arrives");
