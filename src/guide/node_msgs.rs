@@ -109,23 +109,6 @@ fn heartbeat(guide: &Guide, id: &str, conn: u64, hb: Heartbeat) -> Vec<Down> {
 }
 
 fn entries_msg(guide: &Guide, id: &str, epoch: u64, entries: &[WireEntry], absent: &[u64]) -> Vec<Down> {
-    {
-        let inner = guide.inner();
-        let is_primary = inner.primary.as_deref() == Some(id);
-        if !is_primary || epoch != inner.epoch {
-            let reason = format!(
-                "stale epoch {epoch}: epoch {} belongs to {}",
-                inner.epoch,
-                inner.primary.as_deref().unwrap_or("no node")
-            );
-            warn!(node = id, "refused entries: {reason}; nothing stored");
-            return vec![Down::Refused { reason: reason.clone() }, Down::Demote { epoch: inner.epoch, reason }];
-        }
-        if inner.refuse_entries {
-            warn!(node = id, "refused entries: a failover is under way");
-            return vec![Down::Refused { reason: "the guide is switching primaries".into() }];
-        }
-    }
     // The commit waits for the disk: let the runtime move other tasks off
     // this worker meanwhile.
     let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
@@ -135,35 +118,41 @@ fn entries_msg(guide: &Guide, id: &str, epoch: u64, entries: &[WireEntry], absen
             debug!(node = id, seq, entries = entries.len(), "stored");
             vec![Down::Stored { epoch, seq }]
         }
-        Err(reason) => {
-            warn!(node = id, "refused entries: {reason}");
-            vec![Down::Refused { reason }]
-        }
+        Err(replies) => replies,
     }
 }
 
-/// Checks and stores a batch; returns the seq the node may consider stored.
-fn store_batch(guide: &Guide, id: &str, epoch: u64, entries: &[WireEntry], absent: &[u64]) -> Result<u64, String> {
+/// Checks and stores a batch; returns the seq the node may consider
+/// stored, or the replies that refuse it.
+fn store_batch(guide: &Guide, id: &str, epoch: u64, entries: &[WireEntry], absent: &[u64]) -> Result<u64, Vec<Down>> {
+    let refused = |reason: String| {
+        warn!(node = id, "refused entries: {reason}");
+        vec![Down::Refused { reason }]
+    };
     let mut h = guide.history_mut();
     {
-        // Checked again under the history lock (history before inner): a
-        // promotion that ran since the check above must not be followed
-        // by an old epoch's batch.
+        // Under the history lock (history before inner): no promotion can
+        // come between this check and the append below.
         let inner = guide.inner();
-        if inner.primary.as_deref() != Some(id) || inner.epoch != epoch || inner.refuse_entries {
-            return Err(format!("stale epoch {epoch}: the guide moved on (epoch {}) while the batch waited", inner.epoch));
+        if inner.primary.as_deref() != Some(id) || epoch != inner.epoch {
+            let reason = format!("stale epoch {epoch}: epoch {} belongs to {}", inner.epoch, inner.primary.as_deref().unwrap_or("no node"));
+            warn!(node = id, "refused entries: {reason}; nothing stored");
+            return Err(vec![Down::Refused { reason: reason.clone() }, Down::Demote { epoch: inner.epoch, reason }]);
+        }
+        if inner.refuse_entries {
+            return Err(refused("the guide is switching primaries (a failover is under way)".into()));
         }
     }
-    let new = h.check_batch(epoch, entries, absent).map_err(|e| e.to_string())?;
+    let new = h.check_batch(epoch, entries, absent).map_err(|e| refused(e.to_string()))?;
     for e in &new {
         if e.wire.op == "write" && !e.absent {
             let hash = e.wire.blake3.as_deref().unwrap_or_default();
             if !guide.blobs.contains(hash) {
-                return Err(format!("entry {}: its content {hash} was not received", e.seq()));
+                return Err(refused(format!("entry {}: its content {hash} was not received", e.seq())));
             }
         }
     }
-    guide.store.append(&new).map_err(|e| format!("cannot store: {e}"))?;
+    guide.store.append(&new).map_err(|e| refused(format!("cannot store: {e}")))?;
     guide.last_store_unix.store(time::OffsetDateTime::now_utc().unix_timestamp(), Ordering::Relaxed);
     h.push(new);
     let seq = h.seq();
