@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, ClusterSetup};
+use common::cluster::{Cluster, ClusterProxy, ClusterSetup};
 use common::node::Ftp;
 use common::wait_until;
 
@@ -18,6 +18,18 @@ const MIB: usize = 1 << 20;
 
 fn setup() -> ClusterSetup {
     ClusterSetup { nodes: 3, node_extra: "proxies = [\"127.0.0.1/32\"]".into(), ..ClusterSetup::default() }
+}
+
+/// A three-node cluster and a proxy, with `data` stored as `name` through
+/// the proxy and replicated to every node; the proxy session stays open.
+fn cluster_holding(name: &str, data: &[u8]) -> (Cluster, String, ClusterProxy, Ftp) {
+    let c = Cluster::start(setup());
+    let (_, first) = c.wait_primary(Duration::from_secs(30));
+    let proxy = c.start_proxy("");
+    let mut f = Ftp::login(proxy.addr(), "alice", "alice-pw-1");
+    assert_eq!(f.stor(name, data).1 .0, 226);
+    c.wait_converged(&first, Duration::from_secs(60));
+    (c, first, proxy, f)
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
@@ -64,13 +76,8 @@ fn finish(mut child: Child, limit: Duration) -> (bool, String) {
 
 #[test]
 fn a_download_survives_a_sigkill_of_the_primary_byte_identical() {
-    let mut c = Cluster::start(setup());
-    let (_, first) = c.wait_primary(Duration::from_secs(30));
-    let proxy = c.start_proxy("");
     let data = pattern(48 * MIB, 1);
-    let mut f = Ftp::login(proxy.addr(), "alice", "alice-pw-1");
-    assert_eq!(f.stor("big.bin", &data).1 .0, 226);
-    c.wait_converged(&first, Duration::from_secs(60));
+    let (mut c, first, proxy, _f) = cluster_holding("big.bin", &data);
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("big.bin");
@@ -88,14 +95,9 @@ fn a_download_survives_a_sigkill_of_the_primary_byte_identical() {
 
 #[test]
 fn a_file_replaced_before_the_resume_is_refused_not_spliced() {
-    let mut c = Cluster::start(setup());
-    let (_, first) = c.wait_primary(Duration::from_secs(30));
-    let proxy = c.start_proxy("");
     let v1 = pattern(48 * MIB, 1);
     let v2 = pattern(48 * MIB, 2);
-    let mut f = Ftp::login(proxy.addr(), "alice", "alice-pw-1");
-    assert_eq!(f.stor("f.bin", &v1).1 .0, 226);
-    c.wait_converged(&first, Duration::from_secs(60));
+    let (mut c, first, proxy, mut f) = cluster_holding("f.bin", &v1);
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("f.bin");
@@ -161,13 +163,8 @@ fn an_upload_survives_a_sigkill_of_the_primary_from_the_spool() {
 
 #[test]
 fn a_second_failover_during_the_resumed_download_also_ends_well() {
-    let mut c = Cluster::start(setup());
-    let (_, first) = c.wait_primary(Duration::from_secs(30));
-    let proxy = c.start_proxy("");
     let data = pattern(64 * MIB, 5);
-    let mut f = Ftp::login(proxy.addr(), "alice", "alice-pw-1");
-    assert_eq!(f.stor("twice.bin", &data).1 .0, 226);
-    c.wait_converged(&first, Duration::from_secs(60));
+    let (mut c, first, proxy, _f) = cluster_holding("twice.bin", &data);
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("twice.bin");
@@ -187,13 +184,8 @@ fn a_second_failover_during_the_resumed_download_also_ends_well() {
 
 #[test]
 fn a_migration_during_each_transfer_direction_ends_well() {
-    let c = Cluster::start(setup());
-    let (_, first) = c.wait_primary(Duration::from_secs(30));
-    let proxy = c.start_proxy("");
     let down = pattern(48 * MIB, 6);
-    let mut f = Ftp::login(proxy.addr(), "alice", "alice-pw-1");
-    assert_eq!(f.stor("down.bin", &down).1 .0, 226);
-    c.wait_converged(&first, Duration::from_secs(60));
+    let (c, first, proxy, _f) = cluster_holding("down.bin", &down);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("up.bin");
     let up = pattern(32 * MIB, 7);
