@@ -346,7 +346,7 @@ mod tests {
         rename.to = Some(path.clone());
         let batch: Vec<WireEntry> = (1..=MAX_BATCH as u64).map(|seq| WireEntry { seq, ..rename.clone() }).collect();
         let n = batch_len(batch.iter().map(WireEntry::name_lens));
-        assert!(n >= 1 && n < MAX_BATCH, "{n}");
+        assert!((1..MAX_BATCH).contains(&n), "{n}");
         let encoded = serde_json::to_vec(&Down::Forward { entries: batch[..n].to_vec(), absent: vec![] }).unwrap();
         assert!(encoded.len() <= crate::cluster::link::MAX_MESSAGE as usize, "{} bytes", encoded.len());
         // One entry always goes, whatever its size; short ones all fit.
